@@ -1,0 +1,174 @@
+"""Parsing and validating uploaded task datasets (JSONL or CSV) into normalised rows."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from collections import Counter
+from dataclasses import dataclass
+from typing import Literal
+
+from adapters_store.errors import InvalidInput
+from adapters_store.records import InputKind
+
+MAX_REPORTED_LINES = 20
+
+
+@dataclass(frozen=True)
+class Row:
+    text: str
+    label: str
+    text_pair: str | None = None
+
+    def to_dict(self) -> dict[str, str]:
+        out = {"text": self.text, "label": self.label}
+        if self.text_pair is not None:
+            out["text_pair"] = self.text_pair
+        return out
+
+
+@dataclass(frozen=True)
+class ParsedDataset:
+    rows: list[Row]
+    format: Literal["jsonl", "csv"]
+    input_kind: InputKind
+
+    @property
+    def label_counts(self) -> dict[str, int]:
+        return dict(sorted(Counter(r.label for r in self.rows).items()))
+
+    def to_jsonl(self) -> bytes:
+        lines = (json.dumps(r.to_dict(), ensure_ascii=False) + "\n" for r in self.rows)
+        return "".join(lines).encode()
+
+
+def detect_format(filename: str, content_type: str | None) -> Literal["jsonl", "csv"]:
+    name = filename.lower()
+    if name.endswith((".jsonl", ".ndjson", ".json")):
+        return "jsonl"
+    if name.endswith(".csv"):
+        return "csv"
+    if content_type and "csv" in content_type:
+        return "csv"
+    if content_type and ("json" in content_type):
+        return "jsonl"
+    raise InvalidInput(
+        f"cannot tell the format of {filename!r}: name it .jsonl or .csv",
+        {"filename": filename, "content_type": content_type},
+    )
+
+
+def _row_from_obj(obj: object, max_chars: int) -> Row:
+    if not isinstance(obj, dict):
+        raise ValueError("each line must be a JSON object")
+    unknown = set(obj) - {"text", "text_pair", "label"}
+    if unknown:
+        raise ValueError(f"unknown fields: {sorted(unknown)}")
+    text, label, pair = obj.get("text"), obj.get("label"), obj.get("text_pair")
+    if not isinstance(text, str) or not text.strip():
+        raise ValueError("'text' must be a non-empty string")
+    if isinstance(label, (int, bool)) and not isinstance(label, bool):
+        label = str(label)
+    if not isinstance(label, str) or not label.strip():
+        raise ValueError("'label' must be a non-empty string or integer")
+    if pair is not None and (not isinstance(pair, str) or not pair.strip()):
+        raise ValueError("'text_pair' must be a non-empty string when present")
+    if len(text) > max_chars or (pair is not None and len(pair) > max_chars):
+        raise ValueError(f"text longer than {max_chars} characters")
+    if len(label) > 200:
+        raise ValueError("'label' longer than 200 characters")
+    return Row(text=text, label=label.strip(), text_pair=pair)
+
+
+def _iter_jsonl(raw: str, max_chars: int, errors: list[dict]) -> list[tuple[int, Row]]:
+    rows = []
+    for lineno, line in enumerate(raw.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            rows.append((lineno, _row_from_obj(json.loads(line), max_chars)))
+        except (ValueError, json.JSONDecodeError) as exc:
+            errors.append({"line": lineno, "error": str(exc)})
+    return rows
+
+
+def _iter_csv(raw: str, max_chars: int, errors: list[dict]) -> list[tuple[int, Row]]:
+    reader = csv.DictReader(io.StringIO(raw, newline=""))
+    header = reader.fieldnames or []
+    if "text" not in header or "label" not in header:
+        raise InvalidInput(
+            "CSV needs a header row with columns text,label (and optionally text_pair)",
+            {"lines": [{"line": 1, "error": f"header is {header}"}]},
+        )
+    rows = []
+    for record in reader:
+        lineno = reader.line_num
+        try:
+            if None in record:
+                raise ValueError("more fields than the header has")
+            obj = {k: v for k, v in record.items() if k in {"text", "label", "text_pair"}}
+            if obj.get("text_pair") == "":
+                obj.pop("text_pair")
+            extra = set(record) - {"text", "label", "text_pair"}
+            if extra:
+                raise ValueError(f"unknown columns: {sorted(extra)}")
+            rows.append((lineno, _row_from_obj(obj, max_chars)))
+        except ValueError as exc:
+            errors.append({"line": lineno, "error": str(exc)})
+    return rows
+
+
+def parse_dataset(
+    data: bytes,
+    fmt: Literal["jsonl", "csv"],
+    *,
+    min_rows_per_label: int,
+    max_chars: int,
+    max_rows: int,
+) -> ParsedDataset:
+    """Validate every row; raise InvalidInput naming the offending lines, or return the dataset."""
+    try:
+        raw = data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise InvalidInput("the file is not valid UTF-8", {"byte_offset": exc.start}) from exc
+    errors: list[dict] = []
+    numbered = (_iter_jsonl if fmt == "jsonl" else _iter_csv)(raw, max_chars, errors)
+    if errors:
+        raise InvalidInput(
+            f"{len(errors)} invalid line(s) in the {fmt.upper()} upload",
+            {"lines": errors[:MAX_REPORTED_LINES], "invalid_lines": len(errors)},
+        )
+    if not numbered:
+        raise InvalidInput("the upload has no rows", {"lines": []})
+    if len(numbered) > max_rows:
+        raise InvalidInput(f"the upload has {len(numbered)} rows; the limit is {max_rows}", None)
+    with_pair = [n for n, r in numbered if r.text_pair is not None]
+    if with_pair and len(with_pair) != len(numbered):
+        without = [n for n, r in numbered if r.text_pair is None]
+        raise InvalidInput(
+            "either every row has 'text_pair' or none does",
+            {"lines": [{"line": n, "error": "missing text_pair"} for n in without[:MAX_REPORTED_LINES]]},
+        )
+    parsed = ParsedDataset(
+        rows=[r for _, r in numbered], format=fmt, input_kind="pair" if with_pair else "single"
+    )
+    counts = parsed.label_counts
+    if len(counts) < 2:
+        raise InvalidInput("a task needs at least 2 distinct labels", {"label_counts": counts})
+    scarce = {label: n for label, n in counts.items() if n < min_rows_per_label}
+    if scarce:
+        raise InvalidInput(
+            f"every label needs at least {min_rows_per_label} rows",
+            {"label_counts": counts, "too_few": scarce},
+        )
+    return parsed
+
+
+def load_rows(jsonl: bytes) -> list[Row]:
+    """Read back a dataset blob that parse_dataset already normalised."""
+    rows = []
+    for line in jsonl.decode("utf-8").splitlines():
+        obj = json.loads(line)
+        rows.append(Row(text=obj["text"], label=obj["label"], text_pair=obj.get("text_pair")))
+    return rows

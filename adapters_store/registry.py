@@ -1,0 +1,173 @@
+"""The registry in Redis: bank versions and the live pointer, jobs, datasets, tasks, workers."""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+
+import redis
+
+from adapters_store.errors import Conflict, NotFound
+from adapters_store.keys import INFERENCE_GROUP, TRAINER_GROUP, Keys
+from adapters_store.records import BankManifest, DatasetRecord, JobRecord, TaskRecord
+from adapters_store.streams import Heartbeat, TrainJobMessage
+
+
+def _s(value: bytes | str | None) -> str | None:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def ensure_group(client: redis.Redis, stream: str, group: str) -> None:
+    """Create a consumer group (and its stream) if missing; an existing group is success."""
+    try:
+        client.xgroup_create(stream, group, id="0", mkstream=True)
+    except redis.ResponseError as exc:
+        if "BUSYGROUP" not in str(exc):
+            raise
+
+
+class Registry:
+    """Synchronous access to everything adapterd keeps in Redis."""
+
+    def __init__(self, client: redis.Redis, keys: Keys) -> None:
+        self.r = client
+        self.keys = keys
+
+    def ensure_groups(self) -> None:
+        ensure_group(self.r, self.keys.infer_stream, INFERENCE_GROUP)
+        ensure_group(self.r, self.keys.jobs_stream, TRAINER_GROUP)
+
+    # ---- bank versions -------------------------------------------------------------------
+    def live_version(self) -> str | None:
+        return _s(self.r.get(self.keys.live))
+
+    def manifest(self, version: str) -> BankManifest:
+        raw = self.r.get(self.keys.version(version))
+        if raw is None:
+            raise NotFound(f"bank version {version!r} does not exist")
+        return BankManifest.from_json(raw)
+
+    def live_manifest(self) -> BankManifest | None:
+        version = self.live_version()
+        return self.manifest(version) if version else None
+
+    def next_version_number(self) -> int:
+        return int(self.r.incr(self.keys.version_seq))
+
+    def versions(self) -> list[dict]:
+        return [json.loads(e) for e in self.r.lrange(self.keys.history, 0, -1)]
+
+    def publish(self, manifest: BankManifest, reason: str) -> None:
+        """Make ``manifest`` live in one transaction, if the live pointer is still its parent."""
+        with self.r.pipeline() as pipe:
+            pipe.watch(self.keys.live)
+            current = _s(pipe.get(self.keys.live))
+            if current != manifest.parent:
+                pipe.reset()
+                raise Conflict(
+                    f"live version moved to {current} while {manifest.version} was built on "
+                    f"{manifest.parent}",
+                    {"live": current, "parent": manifest.parent},
+                )
+            entry = {"version": manifest.version, "at": time.time(), "reason": reason,
+                     "previous": current}
+            pipe.multi()
+            pipe.set(self.keys.version(manifest.version), manifest.to_json())
+            pipe.set(self.keys.live, manifest.version)
+            pipe.rpush(self.keys.history, json.dumps(entry))
+            pipe.xadd(self.keys.events, {"m": json.dumps({"type": "publish", **entry})},
+                      maxlen=10_000, approximate=True)
+            pipe.execute()
+
+    def rollback(self, version: str) -> dict:
+        """Point live at an earlier, still-stored version; the history records the move."""
+        self.manifest(version)
+        with self.r.pipeline() as pipe:
+            previous = _s(self.r.get(self.keys.live))
+            entry = {"version": version, "at": time.time(), "reason": "rollback",
+                     "previous": previous}
+            pipe.multi()
+            pipe.set(self.keys.live, version)
+            pipe.rpush(self.keys.history, json.dumps(entry))
+            pipe.xadd(self.keys.events, {"m": json.dumps({"type": "rollback", **entry})},
+                      maxlen=10_000, approximate=True)
+            pipe.execute()
+        return entry
+
+    # ---- datasets, tasks, jobs ---------------------------------------------------------
+    def dataset(self, dataset_id: str) -> DatasetRecord:
+        raw = self.r.get(self.keys.dataset(dataset_id))
+        if raw is None:
+            raise NotFound(f"dataset {dataset_id!r} does not exist")
+        return DatasetRecord.from_json(raw)
+
+    def task(self, task_id: str) -> TaskRecord:
+        raw = self.r.get(self.keys.task(task_id))
+        if raw is None:
+            raise NotFound(f"task {task_id!r} does not exist")
+        return TaskRecord.from_json(raw)
+
+    def task_ids(self) -> list[str]:
+        return sorted(_s(t) for t in self.r.smembers(self.keys.tasks))
+
+    def job(self, job_id: str) -> JobRecord:
+        raw = self.r.get(self.keys.job(job_id))
+        if raw is None:
+            raise NotFound(f"job {job_id!r} does not exist")
+        return JobRecord.from_json(raw)
+
+    def jobs(self, limit: int = 50) -> list[JobRecord]:
+        ids = self.r.zrevrange(self.keys.jobs_index, 0, max(0, limit - 1))
+        raws = self.r.mget([self.keys.job(_s(i)) for i in ids]) if ids else []
+        return [JobRecord.from_json(r) for r in raws if r is not None]
+
+    def save_job(self, job: JobRecord) -> None:
+        self.r.set(self.keys.job(job.job_id), job.to_json())
+
+    def submit(self, dataset: DatasetRecord, strategy: str, params: dict) -> JobRecord:
+        """Record a validated dataset and enqueue its training job in one transaction."""
+        job = JobRecord(job_id="job_" + uuid.uuid4().hex[:16], task_id=dataset.task_id,
+                        dataset_id=dataset.id, strategy=strategy, params=params)
+        task_key = self.keys.task(dataset.task_id)
+        with self.r.pipeline() as pipe:
+            while True:
+                try:
+                    pipe.watch(task_key)
+                    raw = pipe.get(task_key)
+                    task = TaskRecord.from_json(raw) if raw else TaskRecord(task_id=dataset.task_id)
+                    task.dataset_ids.append(dataset.id)
+                    task.job_ids.append(job.job_id)
+                    pipe.multi()
+                    pipe.set(self.keys.dataset(dataset.id), dataset.to_json())
+                    pipe.set(task_key, task.to_json())
+                    pipe.sadd(self.keys.tasks, dataset.task_id)
+                    pipe.set(self.keys.job(job.job_id), job.to_json())
+                    pipe.zadd(self.keys.jobs_index, {job.job_id: job.created_at})
+                    pipe.xadd(self.keys.jobs_stream, TrainJobMessage(job_id=job.job_id).fields())
+                    pipe.execute()
+                    return job
+                except redis.WatchError:
+                    continue
+
+    # ---- workers -------------------------------------------------------------------------
+    def beat(self, hb: Heartbeat, ttl_s: float) -> None:
+        with self.r.pipeline(transaction=False) as pipe:
+            pipe.set(self.keys.heartbeat(hb.worker_id), hb.model_dump_json(), px=int(ttl_s * 1000))
+            pipe.sadd(self.keys.workers, hb.worker_id)
+            pipe.execute()
+
+    def forget_worker(self, worker_id: str) -> None:
+        self.r.delete(self.keys.heartbeat(worker_id))
+        self.r.srem(self.keys.workers, worker_id)
+
+    def heartbeats(self) -> list[Heartbeat]:
+        ids = sorted(_s(w) for w in self.r.smembers(self.keys.workers))
+        raws = self.r.mget([self.keys.heartbeat(w) for w in ids]) if ids else []
+        alive = []
+        for worker_id, raw in zip(ids, raws, strict=True):
+            if raw is None:
+                self.r.srem(self.keys.workers, worker_id)
+            else:
+                alive.append(Heartbeat.model_validate_json(raw))
+        return alive

@@ -1,0 +1,64 @@
+"""The one settings object every adapterd process builds in its entry point."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """All knobs, read from ``ADAPTERD_*`` environment variables (or passed in tests)."""
+
+    model_config = SettingsConfigDict(env_prefix="ADAPTERD_", extra="ignore")
+
+    # Shared store
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    key_prefix: str = Field("adapterd", pattern=r"^[A-Za-z0-9_.:-]{1,64}$")
+    data_dir: Path = Path("var/data")
+
+    # API
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=0, le=65535)
+    max_upload_bytes: int = Field(20 * 1024 * 1024, ge=1024)
+    max_request_bytes: int = Field(1024 * 1024, ge=1024)
+    max_inputs_per_request: int = Field(64, ge=1, le=4096)
+    max_input_chars: int = Field(10_000, ge=1)
+    request_timeout_s: float = Field(30.0, gt=0)
+    max_queue_depth: int = Field(10_000, ge=1)
+    admin_api_keys: list[SecretStr] = Field(default_factory=list)
+    inference_api_keys: list[SecretStr] = Field(default_factory=list)
+
+    # Models
+    base_model: str = "all-MiniLM-L6-v2"
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    torch_threads: int = Field(0, ge=0)
+    max_length: int = Field(128, ge=8, le=4096)
+
+    # Inference worker
+    max_batch: int = Field(32, ge=1, le=4096)
+    max_wait_ms: int = Field(5, ge=0, le=10_000)
+    claim_idle_ms: int = Field(10_000, ge=100)
+    heartbeat_s: float = Field(2.0, gt=0)
+    keep_versions: int = Field(2, ge=1, le=64)
+
+    # Trainer
+    strategy: Literal["per_task"] = "per_task"
+    module_kind: Literal["bottleneck", "lora"] = "bottleneck"
+    bottleneck_size: int = Field(48, ge=1, le=4096)
+    lora_rank: int = Field(8, ge=1, le=1024)
+    lora_alpha: float = Field(16.0, gt=0)
+    lora_targets: list[str] = Field(default_factory=lambda: ["query", "value"])
+    epochs: int = Field(4, ge=1, le=100)
+    batch_size: int = Field(16, ge=1, le=1024)
+    learning_rate: float = Field(1e-3, gt=0, le=1.0)
+    head_learning_rate: float = Field(3e-3, gt=0, le=1.0)
+    weight_decay: float = Field(0.01, ge=0, le=1.0)
+    val_fraction: float = Field(0.15, gt=0, lt=0.5)
+    min_rows_per_label: int = Field(5, ge=1)
+    max_train_rows: int = Field(20_000, ge=10)
+    seed: int = 777
+    lease_ttl_s: float = Field(30.0, gt=1)
+    job_max_attempts: int = Field(3, ge=1)
