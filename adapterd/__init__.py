@@ -1,0 +1,1 @@
+"""The adapterd command line: serve (supervisor) and HTTP client commands."""
