@@ -148,7 +148,8 @@ def parse_dataset(
         without = [n for n, r in numbered if r.text_pair is None]
         raise InvalidInput(
             "either every row has 'text_pair' or none does",
-            {"lines": [{"line": n, "error": "missing text_pair"} for n in without[:MAX_REPORTED_LINES]]},
+            {"lines": [{"line": n, "error": "missing text_pair"}
+                       for n in without[:MAX_REPORTED_LINES]]},
         )
     parsed = ParsedDataset(
         rows=[r for _, r in numbered], format=fmt, input_kind="pair" if with_pair else "single"

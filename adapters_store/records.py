@@ -138,6 +138,7 @@ class JobResult(Record):
     majority_baseline: float
     train_seconds: float
     layers: list[str | None]
+    decisions: list[dict[str, Any]] = Field(default_factory=list)
 
 
 class JobRecord(Record):

@@ -1,0 +1,45 @@
+"""Factories for tiny models, modules and data used across tests (no fixtures forest)."""
+
+from __future__ import annotations
+
+import random
+
+import torch
+
+from adapters_store.datasets import Row
+from worker.base_model import TINY, load_base
+from worker.modules import AdapterModule, module_config
+from worker.routed_model import RoutedEncoder
+
+CPU = torch.device("cpu")
+
+
+def tiny_model(max_length: int = 64) -> RoutedEncoder:
+    return RoutedEncoder(load_base(TINY, CPU, max_length)).eval()
+
+
+def random_module(kind: str, layer: int, hidden: int = 32, seed: int = 0) -> AdapterModule:
+    """A module with every tensor random (fresh ones are near-identity, too weak to test with)."""
+    config = module_config(kind, hidden, size=8, rank=4, alpha=8.0, targets=["query", "value"])
+    module = AdapterModule(kind, layer, config)
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in module.parameters():
+            p.copy_(torch.randn(p.shape, generator=gen) * 0.2)
+    return module.eval().requires_grad_(False)
+
+
+def keyword_rows(n_per_label: int = 30, seed: int = 0, pair: bool = False) -> list[Row]:
+    """A trivially learnable task: the label word appears in the text."""
+    rng = random.Random(seed)
+    fillers = ["the", "a", "report", "today", "about", "news", "some", "story", "and", "of"]
+    rows = []
+    for label, cue in (("red", "apple cherry tomato"), ("blue", "ocean sky sapphire")):
+        for _ in range(n_per_label):
+            words = rng.sample(fillers, 4) + rng.sample(cue.split(), 2)
+            rng.shuffle(words)
+            text = " ".join(words)
+            rows.append(Row(text=text, label=label,
+                            text_pair=" ".join(rng.sample(fillers, 3)) if pair else None))
+    rng.shuffle(rows)
+    return rows

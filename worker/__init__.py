@@ -1,0 +1,1 @@
+"""Everything that imports torch: base model, adapter modules, routing, strategies, worker loops."""

@@ -1,0 +1,103 @@
+"""The worker's loaded bank: modules and heads in memory, routing tables per loaded version."""
+
+from __future__ import annotations
+
+import logging
+from collections import OrderedDict
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from adapters_store.blobstore import BlobStore
+from adapters_store.records import BankManifest, InputKind
+from worker.modules import AdapterModule, head_from_bytes
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TaskRuntime:
+    """What serving one task needs: its module per layer, head and labels."""
+
+    task_id: str
+    modules: list[AdapterModule | None]
+    head: nn.Linear
+    labels: list[str]
+    input_kind: InputKind
+
+
+@dataclass(frozen=True)
+class LoadedVersion:
+    manifest: BankManifest
+    tasks: dict[str, TaskRuntime]
+
+    @property
+    def version(self) -> str:
+        return self.manifest.version
+
+
+class LoadedBank:
+    """Reconciles wanted (manifest) against loaded modules by set difference; loads are idempotent.
+
+    Modules are keyed by content id, so a module shared by many versions is loaded once, and a
+    swap only loads what the new version adds. The newest ``keep`` versions stay servable.
+    """
+
+    def __init__(self, blobs: BlobStore, device: torch.device, keep: int = 2) -> None:
+        self.blobs = blobs
+        self.device = device
+        self.keep = keep
+        self.modules: dict[str, AdapterModule] = {}
+        self.heads: dict[str, nn.Linear] = {}
+        self.versions: OrderedDict[str, LoadedVersion] = OrderedDict()
+
+    def get(self, version: str) -> LoadedVersion | None:
+        return self.versions.get(version)
+
+    def _load_module(self, manifest: BankManifest, module_id: str) -> AdapterModule:
+        rec = manifest.modules[module_id]
+        module = AdapterModule.from_bytes(rec.kind, rec.layer, rec.config, self.blobs.get(rec.blob))
+        return module.to(self.device).eval().requires_grad_(False)
+
+    def _load_head(self, digest: str) -> nn.Linear:
+        return head_from_bytes(self.blobs.get(digest)).to(self.device).eval().requires_grad_(False)
+
+    def sync(self, manifest: BankManifest) -> LoadedVersion:
+        """Make ``manifest`` servable; check everything loads before anything changes."""
+        if manifest.version in self.versions:
+            self.versions.move_to_end(manifest.version)
+            return self.versions[manifest.version]
+        new_modules = {m: self._load_module(manifest, m)
+                       for m in manifest.modules.keys() - self.modules.keys()}
+        wanted_heads = {r.head.blob for r in manifest.routes.values()}
+        new_heads = {h: self._load_head(h) for h in wanted_heads - self.heads.keys()}
+        self.modules.update(new_modules)
+        self.heads.update(new_heads)
+        tasks = {
+            task_id: TaskRuntime(
+                task_id=task_id,
+                modules=[None if m is None else self.modules[m] for m in route.layers],
+                head=self.heads[route.head.blob],
+                labels=route.head.labels,
+                input_kind=route.input_kind,
+            )
+            for task_id, route in manifest.routes.items()
+        }
+        loaded = LoadedVersion(manifest=manifest, tasks=tasks)
+        self.versions[manifest.version] = loaded
+        while len(self.versions) > self.keep:
+            self.versions.popitem(last=False)
+        self._unload_unused()
+        log.info("bank %s loaded: %d new modules, %d new heads, %d modules resident",
+                 manifest.version, len(new_modules), len(new_heads), len(self.modules))
+        return loaded
+
+    def _unload_unused(self) -> None:
+        used = {m for v in self.versions.values() for m in v.manifest.modules}
+        used_heads = {r.head.blob for v in self.versions.values()
+                      for r in v.manifest.routes.values()}
+        for module_id in self.modules.keys() - used:
+            del self.modules[module_id]
+        for digest in self.heads.keys() - used_heads:
+            del self.heads[digest]

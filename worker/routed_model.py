@@ -1,0 +1,66 @@
+"""The routed encoder: frozen base with routed sites, mean pooling and per-task heads."""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+
+import torch
+from torch import nn
+
+from worker.base_model import BaseEncoder
+from worker.modules import BERT_SITES
+from worker.routing import RoutedLinear, Routing, RoutingSlot
+
+
+def _replace(root: nn.Module, dotted: str, new: nn.Module) -> nn.Linear:
+    parent_path, _, attr = dotted.rpartition(".")
+    parent = root.get_submodule(parent_path) if parent_path else root
+    old = getattr(parent, attr)
+    setattr(parent, attr, new)
+    return old
+
+
+class RoutedEncoder(nn.Module):
+    """Runs one forward for a batch whose rows may each follow a different route."""
+
+    def __init__(self, base: BaseEncoder) -> None:
+        super().__init__()
+        self.base = base
+        self.encoder = base.model
+        self.slot = RoutingSlot()
+        self.num_layers = base.info.num_layers
+        for layer_idx, layer in enumerate(self.encoder.encoder.layer):
+            for part, (path, mode) in BERT_SITES.items():
+                linear = layer.get_submodule(path)
+                if isinstance(linear, RoutedLinear):
+                    continue
+                _replace(layer, path, RoutedLinear(linear, self.slot, layer_idx, part, mode))
+
+    @contextmanager
+    def routed(self, routing: Routing | None):
+        previous, self.slot.current = self.slot.current, routing
+        try:
+            yield
+        finally:
+            self.slot.current = previous
+
+    def embed(self, batch: dict[str, torch.Tensor], routing: Routing | None) -> torch.Tensor:
+        """Mean-pooled last hidden state (sentence-transformers' pooling for MiniLM)."""
+        with self.routed(routing):
+            hidden = self.encoder(**batch).last_hidden_state
+        mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+        return (hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0)
+
+
+def apply_heads(pooled: torch.Tensor, row_heads: list[nn.Linear]) -> list[torch.Tensor]:
+    """Apply each row's head, grouping rows that share a head; returns logits per row."""
+    out: list[torch.Tensor | None] = [None] * len(row_heads)
+    groups: dict[int, tuple[nn.Linear, list[int]]] = {}
+    for row, head in enumerate(row_heads):
+        groups.setdefault(id(head), (head, []))[1].append(row)
+    for head, rows in groups.values():
+        idx = torch.tensor(rows, device=pooled.device)
+        logits = head(pooled.index_select(0, idx))
+        for i, row in enumerate(rows):
+            out[row] = logits[i]
+    return out  # type: ignore[return-value]

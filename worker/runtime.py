@@ -1,0 +1,66 @@
+"""Process plumbing shared by the worker entry points: device, threads, logging, graceful stop."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import threading
+import uuid
+
+import redis
+import torch
+
+from adapters_store.blobstore import BlobStore
+from adapters_store.keys import Keys
+from adapters_store.registry import Registry
+from adapters_store.settings import Settings
+from worker.base_model import load_base
+from worker.routed_model import RoutedEncoder
+
+
+def pick_device(setting: str) -> torch.device:
+    if setting == "cuda" or (setting == "auto" and torch.cuda.is_available()):
+        return torch.device("cuda")
+    return torch.device("cpu")
+
+
+def configure_logging() -> None:
+    logging.basicConfig(
+        level=os.environ.get("ADAPTERD_LOG_LEVEL", "INFO").upper(),
+        format="%(asctime)s %(levelname)s %(name)s[%(process)d]: %(message)s",
+    )
+
+
+def new_worker_id(kind: str) -> str:
+    return f"{kind}-{os.uname().nodename[:24]}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+
+
+class GracefulStop:
+    """SIGTERM/SIGINT set a flag; the loop finishes its batch or job, then exits."""
+
+    def __init__(self) -> None:
+        self.event = threading.Event()
+
+    def install(self) -> None:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda *_: self.event.set())
+
+    @property
+    def stopping(self) -> bool:
+        return self.event.is_set()
+
+
+def connect(settings: Settings) -> tuple[redis.Redis, Registry, BlobStore]:
+    client = redis.Redis.from_url(settings.redis_url, health_check_interval=30)
+    registry = Registry(client, Keys(settings.key_prefix))
+    registry.ensure_groups()
+    return client, registry, BlobStore(settings.data_dir / "blobs")
+
+
+def build_model(settings: Settings) -> tuple[RoutedEncoder, torch.device]:
+    if settings.torch_threads:
+        torch.set_num_threads(settings.torch_threads)
+    device = pick_device(settings.device)
+    base = load_base(settings.base_model, device, settings.max_length)
+    return RoutedEncoder(base).to(device), device

@@ -1,0 +1,12 @@
+"""Continual-learning strategies: each decides a new task's route and trains what it adds."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from worker.strategies.fit import FitContext, FitResult
+from worker.strategies.per_task import fit_per_task
+
+STRATEGIES: dict[str, Callable[[FitContext], FitResult]] = {"per_task": fit_per_task}
+
+__all__ = ["STRATEGIES", "FitContext", "FitResult"]
