@@ -31,11 +31,12 @@ class RedisServer:
 
     workdir: Path
     appendonly: bool = False
+    socket_dir: Path | None = None  # unix socket paths are limited to ~100 bytes
     process: subprocess.Popen | None = None
 
     @property
     def socket(self) -> Path:
-        return self.workdir / "redis.sock"
+        return (self.socket_dir or self.workdir) / "redis.sock"
 
     @property
     def pidfile(self) -> Path:

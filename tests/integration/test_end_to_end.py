@@ -1,0 +1,212 @@
+"""Upload → train → publish → hot swap → predict, through real API and worker processes."""
+
+from __future__ import annotations
+
+import json
+import signal
+import threading
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import pytest
+
+from adapters_store.keys import INFERENCE_GROUP
+from adapters_store.registry import Registry
+from adapters_store.settings import Settings
+from tests.factories import keyword_rows
+from tests.integration.stack import ApiProcess, WorkerProcess, wait_for, wait_job, wait_workers
+
+FAST = {"epochs": 8, "batch_size": 8, "learning_rate": 5e-3, "head_learning_rate": 1e-2,
+        "bottleneck_size": 16, "max_wait_ms": 2, "heartbeat_s": 0.5, "lease_ttl_s": 5.0}
+
+
+def jsonl(rows: list) -> bytes:
+    return "".join(json.dumps(r.to_dict()) + "\n" for r in rows).encode()
+
+
+@pytest.fixture
+def stack_settings(settings: Settings) -> Settings:
+    return settings.model_copy(update=FAST)
+
+
+@pytest.fixture
+def stack(stack_settings: Settings, registry: Registry,
+          tmp_path: Path) -> Iterator[dict[str, WorkerProcess]]:
+    procs = {
+        "api": ApiProcess(stack_settings, tmp_path / "logs"),
+        "inference": WorkerProcess("inference", stack_settings, tmp_path / "logs"),
+        "trainer": WorkerProcess("trainer", stack_settings, tmp_path / "logs"),
+    }
+    try:
+        wait_workers(registry, "inference", 1, 120, tuple(procs.values()))
+        wait_for(lambda: _ready(procs["api"].url), 60, "API /readyz", tuple(procs.values()))
+        yield procs
+    finally:
+        for p in procs.values():
+            p.stop()
+
+
+def _ready(url: str) -> bool:
+    try:
+        return httpx.get(f"{url}/readyz", timeout=2).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def upload(url: str, task: str, data: bytes, name: str = "data.jsonl") -> dict:
+    r = httpx.post(f"{url}/v1/tasks/{task}/datasets", files={"file": (name, data)}, timeout=30)
+    assert r.status_code == 202, r.text
+    return r.json()
+
+
+def test_upload_train_publish_predict(stack: dict, registry: Registry) -> None:
+    url = stack["api"].url
+    procs = tuple(stack.values())
+    accepted = upload(url, "colors", jsonl(keyword_rows(40)))
+    job = wait_job(registry, accepted["job_id"], 180, procs)
+    assert job.state == "succeeded", job.error
+    assert job.result is not None and job.result.version == "v1"
+    assert job.result.val_accuracy >= 0.9 and job.result.params_added > 0
+    assert job.progress.step == job.progress.total_steps > 0
+    shown = httpx.get(f"{url}/v1/jobs/{job.job_id}").json()
+    assert shown["state"] == "succeeded" and shown["result"]["version"] == "v1"
+
+    r = httpx.post(f"{url}/v1/tasks/colors/predict", timeout=30, json={"inputs": [
+        "a cherry and a tomato today", "the sapphire ocean news", "sky and sapphire story"]})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert [p["label"] for p in body["predictions"]] == ["red", "blue", "blue"]
+    assert body["version"] == r.headers["X-Adapter-Version"] == "v1"
+    assert abs(sum(body["predictions"][0]["scores"].values()) - 1) < 1e-5
+
+    bank = httpx.get(f"{url}/v1/adapters").json()
+    assert bank["live_version"] == "v1"
+    assert len(bank["modules"]) == 2 and all(m["users"] == ["colors"] for m in bank["modules"])
+    assert bank["totals"]["adapter_params"] == sum(m["params"] for m in bank["modules"])
+    metrics = httpx.get(f"{url}/metrics").text
+    assert "colors" in metrics
+
+
+def test_publish_during_concurrent_predictions_fails_nothing(stack: dict,
+                                                             registry: Registry) -> None:
+    url = stack["api"].url
+    procs = tuple(stack.values())
+    first = upload(url, "colors", jsonl(keyword_rows(30)))
+    assert wait_job(registry, first["job_id"], 180, procs).state == "succeeded"
+
+    results: list[tuple[int, str | None, str | None]] = []
+    stop = threading.Event()
+
+    def hammer() -> None:
+        with httpx.Client(timeout=30) as client:
+            while not stop.is_set():
+                r = client.post(f"{url}/v1/tasks/colors/predict",
+                                json={"inputs": ["cherry apple", "ocean sky"]})
+                version = r.json().get("version") if r.status_code == 200 else None
+                results.append((r.status_code, version, r.headers.get("X-Adapter-Version")))
+
+    with ThreadPoolExecutor(4) as pool:
+        for _ in range(4):
+            pool.submit(hammer)
+        second = upload(url, "shapes", jsonl(keyword_rows(30, seed=9)))
+        assert wait_job(registry, second["job_id"], 180, procs).state == "succeeded"
+        wait_for(lambda: any(v == "v2" for _, v, _ in results[-20:]), 30, "replies from v2")
+        stop.set()
+    assert len(results) > 20
+    assert all(code == 200 for code, _, _ in results), {c for c, _, _ in results}
+    assert all(v == h and v in ("v1", "v2") for _, v, h in results)
+    versions = [v for _, v, _ in results]
+    assert "v1" in versions and "v2" in versions
+
+
+def test_worker_killed_mid_stream_is_covered_by_another(stack_settings: Settings,
+                                                        registry: Registry,
+                                                        tmp_path: Path) -> None:
+    logs = tmp_path / "logs"
+    trainer = WorkerProcess("trainer", stack_settings, logs)
+    api = ApiProcess(stack_settings, logs)
+    # The victim waits long for a full batch, so requests it has read sit pending, unacked.
+    victim = WorkerProcess("inference", stack_settings, logs, max_wait_ms=10_000, max_batch=64)
+    procs = (trainer, api, victim)
+    try:
+        wait_workers(registry, "inference", 1, 120, procs)
+        wait_for(lambda: _ready(api.url), 60, "API ready", procs)
+        job = upload(api.url, "colors", jsonl(keyword_rows(30)))
+        assert wait_job(registry, job["job_id"], 180, procs).state == "succeeded"
+        with ThreadPoolExecutor(3) as pool:
+            futures = [pool.submit(httpx.post, f"{api.url}/v1/tasks/colors/predict",
+                                   json={"inputs": [f"apple cherry tomato {w}"]}, timeout=60)
+                       for w in ("the", "news", "story")]
+
+            def pending() -> int:
+                info = registry.r.xpending(registry.keys.infer_stream, INFERENCE_GROUP)
+                return info["pending"] >= 3
+
+            wait_for(pending, 30, "requests pending on the victim", procs)
+            victim.stop(signal.SIGKILL)
+            rescuer = WorkerProcess("inference", stack_settings, logs, claim_idle_ms=500)
+            try:
+                replies = [f.result(timeout=90) for f in futures]
+            finally:
+                rescuer.stop()
+        assert [r.status_code for r in replies] == [200, 200, 200], [r.text for r in replies]
+        assert all(r.json()["predictions"][0]["label"] == "red" for r in replies)
+    finally:
+        for p in procs:
+            p.stop()
+
+
+def test_failed_job_leaves_the_bank_unchanged(stack: dict, registry: Registry,
+                                              stack_settings: Settings) -> None:
+    url = stack["api"].url
+    procs = tuple(stack.values())
+    first = upload(url, "colors", jsonl(keyword_rows(20)))
+    assert wait_job(registry, first["job_id"], 180, procs).state == "succeeded"
+    before = registry.live_manifest()
+    # Stop the trainer, lose the second dataset's blob from storage, then let it run the job.
+    stack["trainer"].stop()
+    second = upload(url, "shapes", jsonl(keyword_rows(20, seed=4)))
+    blob = registry.dataset(second["dataset_id"]).blob
+    (stack_settings.data_dir / "blobs" / "sha256" / blob[:2] / blob).unlink()
+    trainer = WorkerProcess("trainer", stack_settings, stack_settings.data_dir.parent / "logs")
+    try:
+        job = wait_job(registry, second["job_id"], 180, (*procs[:2], trainer))
+    finally:
+        trainer.stop()
+    assert job.state == "failed" and "missing" in (job.error or "")
+    assert registry.live_manifest() == before
+    r = httpx.post(f"{url}/v1/tasks/shapes/predict", json={"inputs": ["x"]})
+    assert r.status_code == 404
+    assert httpx.post(f"{url}/v1/tasks/colors/predict", json={"inputs": ["x"]}).status_code == 200
+
+
+def test_second_trainer_waits_on_the_lease(stack_settings: Settings, registry: Registry,
+                                           tmp_path: Path) -> None:
+    logs = tmp_path / "logs"
+    trainers = [WorkerProcess("trainer", stack_settings, logs) for _ in range(2)]
+    try:
+        wait_workers(registry, "trainer", 2, 120, tuple(trainers))
+        holder = wait_for(lambda: registry.r.get(registry.keys.trainer_lease), 30, "a lease")
+        from adapters_store.blobstore import BlobStore
+        from adapters_store.datasets import parse_dataset
+        from adapters_store.records import DatasetRecord
+
+        blobs = BlobStore(stack_settings.data_dir / "blobs")
+        jobs = []
+        for i, task in enumerate(("one", "two")):
+            parsed = parse_dataset(jsonl(keyword_rows(15, seed=i)), "jsonl", min_rows_per_label=5,
+                                   max_chars=1000, max_rows=1000)
+            digest = blobs.put(parsed.to_jsonl())
+            record = DatasetRecord(id=f"ds_{digest[:16]}", task_id=task, filename="x.jsonl",
+                                   format="jsonl", input_kind="single", rows=len(parsed.rows),
+                                   label_counts=parsed.label_counts, blob=digest)
+            jobs.append(registry.submit(record, "per_task", {}))
+        done = [wait_job(registry, j.job_id, 180, tuple(trainers)) for j in jobs]
+        assert all(j.state == "succeeded" for j in done), [j.error for j in done]
+        assert {j.trainer_id for j in done} == {holder.decode()}
+        assert registry.live_manifest().version == "v2"
+    finally:
+        for t in trainers:
+            t.stop()
