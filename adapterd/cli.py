@@ -1,0 +1,103 @@
+"""The adapterd command line: `serve` (the supervisor) and the HTTP client commands."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+from adapterd.client import Api, ApiError
+from adapterd.commands import CLIENT_COMMANDS, err
+
+DEFAULT_URL = "http://127.0.0.1:8000"
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from adapterd.supervisor import serve_main  # late: the client commands never need it
+
+    return serve_main(args)
+
+
+# ---- argument parsing --------------------------------------------------------------------------
+def _common(parser: argparse.ArgumentParser, top: bool) -> None:
+    # The same options work before or after the subcommand. Only the top parser sets defaults;
+    # a subparser's SUPPRESS default keeps it from overwriting a value given before it.
+    def default(value: object) -> object:
+        return value if top else argparse.SUPPRESS
+
+    parser.add_argument("--url", default=default(os.environ.get("ADAPTERD_URL", DEFAULT_URL)),
+                        help="API base URL (env ADAPTERD_URL)")
+    parser.add_argument("--api-key", default=default(os.environ.get("ADAPTERD_API_KEY")),
+                        help="API key (env ADAPTERD_API_KEY)")
+    parser.add_argument("--json", action="store_true", default=default(False),
+                        help="print raw JSON")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="adapterd", description=__doc__)
+    _common(parser, top=True)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def add(name: str, help_text: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        _common(p, top=False)
+        return p
+
+    serve = add("serve", "run Redis, the API, inference workers and the trainer on this machine")
+    serve.add_argument("--host", default=None, help="API bind address (default: settings)")
+    serve.add_argument("--port", type=int, default=None, help="API port (default: settings)")
+    serve.add_argument("--data-dir", type=Path, default=None, help="blobs, Redis data, logs")
+    serve.add_argument("--base-model", default=None, help="checkpoint path or hub id")
+    serve.add_argument("--no-trainer", action="store_true", help="do not start the trainer")
+    serve.add_argument("--workers", type=int, default=1, metavar="N",
+                       help="inference workers to start (default 1)")
+
+    upload = add("upload", "upload a JSONL or CSV dataset for a task and enqueue training")
+    upload.add_argument("task_id")
+    upload.add_argument("file")
+    upload.add_argument("--strategy", default=None, help="training strategy (default: server's)")
+    upload.add_argument("--wait", action="store_true", help="follow the job until it finishes")
+    upload.add_argument("--poll", type=float, default=1.0, help="seconds between job polls")
+    upload.add_argument("--wait-timeout", type=float, default=None, help="give up after S s")
+
+    predict = add("predict", "classify texts with a task's live route")
+    predict.add_argument("task_id")
+    predict.add_argument("text", nargs="+")
+    predict.add_argument("--pair", action="append", metavar="TEXT",
+                         help="second text of a pair task; once per TEXT, in order")
+    predict.add_argument("--version", default=None, help="pin a bank version")
+
+    jobs = add("jobs", "list recent jobs, or show one")
+    jobs.add_argument("job_id", nargs="?")
+    jobs.add_argument("--limit", type=int, default=20)
+
+    tasks = add("tasks", "list tasks, or show one with its route")
+    tasks.add_argument("task_id", nargs="?")
+
+    add("adapters", "show the live bank: modules per layer, users, parameter totals")
+    add("versions", "show the bank version history")
+    rollback = add("rollback", "point the live bank at an earlier version")
+    rollback.add_argument("version")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.command == "serve":
+        return cmd_serve(args)
+    try:
+        with Api(args.url, args.api_key) as api:
+            return CLIENT_COMMANDS[args.command](api, args)
+    except ApiError as exc:
+        err(f"error {exc.code}: {exc.message}")
+        if exc.details:
+            err("details: " + json.dumps(exc.details, sort_keys=True)[:2000])
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,218 @@
+"""The CLI's HTTP client commands and how they print; stdout/stderr writes only, no print."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from adapterd.client import Api, ApiError
+
+TERMINAL_JOB_STATES = {"succeeded", "failed"}
+
+
+def out(line: str = "") -> None:
+    sys.stdout.write(line + "\n")
+
+
+def err(line: str) -> None:
+    sys.stderr.write(line + "\n")
+
+
+# ---- output helpers ----------------------------------------------------------------------------
+def dump(value: Any) -> None:
+    out(json.dumps(value, indent=2, sort_keys=True))
+
+
+def table(rows: list[list[Any]], header: list[str]) -> None:
+    cells = [header, *[["-" if c is None else str(c) for c in row] for row in rows]]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(header))]
+    for row in cells:
+        out("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
+
+
+def short(module_id: str | None) -> str:
+    return "empty" if module_id is None else module_id[:12]
+
+
+def progress_line(job: dict) -> str:
+    p = job.get("progress") or {}
+    parts = [f"[{job['state']}]", p.get("stage", "")]
+    if p.get("epochs"):
+        parts.append(f"epoch {p.get('epoch', 0)}/{p['epochs']}")
+    if p.get("total_steps"):
+        parts.append(f"step {p.get('step', 0)}/{p['total_steps']}")
+    if p.get("loss") is not None:
+        parts.append(f"loss {p['loss']:.4f}")
+    if p.get("eta_s") is not None:
+        parts.append(f"eta {p['eta_s']:.0f}s")
+    return " ".join(x for x in parts if x)
+
+
+# ---- commands ----------------------------------------------------------------------------------
+def wait_for_job(api: Api, job_id: str, poll_s: float, timeout_s: float | None) -> dict:
+    deadline = None if timeout_s is None else time.monotonic() + timeout_s
+    last = ""
+    while True:
+        job = api.call("GET", f"/v1/jobs/{job_id}")
+        line = progress_line(job)
+        if line != last:
+            out(line)
+            last = line
+        if job["state"] in TERMINAL_JOB_STATES:
+            return job
+        if deadline is not None and time.monotonic() > deadline:
+            raise ApiError("timeout", f"job {job_id} is still {job['state']} after {timeout_s}s")
+        time.sleep(poll_s)
+
+
+def cmd_upload(api: Api, args: argparse.Namespace) -> int:
+    path = Path(args.file)
+    if not path.is_file():
+        raise ApiError("invalid_input", f"no such file: {path}")
+    ctype = "text/csv" if path.suffix.lower() == ".csv" else "application/x-ndjson"
+    params = {"strategy": args.strategy} if args.strategy else {}
+    with path.open("rb") as fh:
+        body = api.call("POST", f"/v1/tasks/{args.task_id}/datasets", params=params,
+                        files={"file": (path.name, fh, ctype)})
+    if args.json and not args.wait:
+        dump(body)
+        return 0
+    out(f"job {body['job_id']} queued for task {body['task_id']} (dataset {body['dataset_id']})")
+    if not args.wait:
+        return 0
+    job = wait_for_job(api, body["job_id"], args.poll, args.wait_timeout)
+    if args.json:
+        dump(job)
+    if job["state"] == "failed":
+        err(f"error job_failed: {job.get('error') or 'the job failed'}")
+        return 1
+    result = job.get("result") or {}
+    if result and not args.json:
+        out(f"published {result['version']}: val_accuracy {result['val_accuracy']:.3f} "
+            f"(majority {result['majority_baseline']:.3f}), params added {result['params_added']}")
+    return 0
+
+
+def cmd_predict(api: Api, args: argparse.Namespace) -> int:
+    pairs = args.pair or []
+    if pairs and len(pairs) != len(args.text):
+        raise ApiError("invalid_input", f"{len(args.text)} texts but {len(pairs)} --pair values")
+    inputs: list[Any] = list(args.text)
+    if pairs:
+        inputs = [{"text": t, "text_pair": p} for t, p in zip(args.text, pairs, strict=True)]
+    payload: dict[str, Any] = {"inputs": inputs}
+    if args.version:
+        payload["version"] = args.version
+    body = api.call("POST", f"/v1/tasks/{args.task_id}/predict", json=payload)
+    if args.json:
+        dump(body)
+        return 0
+    for text, pred in zip(args.text, body["predictions"], strict=True):
+        score = pred["scores"].get(pred["label"], max(pred["scores"].values(), default=0.0))
+        out(f"{pred['label']}\t{score:.4f}\t{text}")
+    out(f"version {body['version']}")
+    return 0
+
+
+def cmd_jobs(api: Api, args: argparse.Namespace) -> int:
+    if args.job_id:
+        job = api.call("GET", f"/v1/jobs/{args.job_id}")
+        if args.json:
+            dump(job)
+            return 0
+        out(f"{job['job_id']}  task {job['task_id']}  strategy {job['strategy']}")
+        out(progress_line(job))
+        if job.get("error"):
+            out(f"error: {job['error']}")
+        if job.get("result"):
+            for key, value in job["result"].items():
+                out(f"  {key}: {value}")
+        return 0
+    body = api.call("GET", "/v1/jobs", params={"limit": args.limit})
+    if args.json:
+        dump(body)
+        return 0
+    table([[j["job_id"], j["task_id"], j["state"], (j.get("progress") or {}).get("stage"),
+            (j.get("result") or {}).get("version")] for j in body["jobs"]],
+          ["JOB", "TASK", "STATE", "STAGE", "VERSION"])
+    return 0
+
+
+def cmd_tasks(api: Api, args: argparse.Namespace) -> int:
+    if args.task_id:
+        task = api.call("GET", f"/v1/tasks/{args.task_id}")
+        if args.json:
+            dump(task)
+            return 0
+        out(f"{task['task_id']}  {task['state']}  {task['input_kind']}  labels: "
+            f"{', '.join(task['labels'])}")
+        route = task.get("route")
+        if route:
+            out(f"route in {route['version']} (trained in {route['trained_in']}), "
+                f"{route['params']} adapter params, head {route['head_params']}")
+            table([[lay["layer"], short(lay["module"]), lay["kind"], lay["params"],
+                    ", ".join(lay["shared_with"])] for lay in route["layers"]],
+                  ["LAYER", "MODULE", "KIND", "PARAMS", "SHARED WITH"])
+        for job in task["jobs"]:
+            out(f"job {job['job_id']}  {job['state']}")
+        return 0
+    body = api.call("GET", "/v1/tasks")
+    if args.json:
+        dump(body)
+        return 0
+    table([[t["task_id"], t["state"], t["input_kind"], len(t["labels"]), t["params"],
+            t["latest_job_id"]] for t in body["tasks"]],
+          ["TASK", "STATE", "INPUT", "LABELS", "PARAMS", "LATEST JOB"])
+    return 0
+
+
+def cmd_adapters(api: Api, args: argparse.Namespace) -> int:
+    bank = api.call("GET", "/v1/adapters")
+    if args.json:
+        dump(bank)
+        return 0
+    if bank["live_version"] is None:
+        out("no live bank version yet")
+        return 0
+    out(f"live {bank['live_version']}  base {bank['base_model']['name']}  "
+        f"strategy {bank['strategy']}")
+    by_id = {m["id"]: m for m in bank["modules"]}
+    rows = [[layer["layer"], short(mid), by_id[mid]["kind"], by_id[mid]["params"],
+             ", ".join(by_id[mid]["users"])]
+            for layer in bank["layers"] for mid in layer["modules"]]
+    table(rows, ["LAYER", "MODULE", "KIND", "PARAMS", "USERS"])
+    out("")
+    for key, value in bank["totals"].items():
+        out(f"{key}: {value}")
+    return 0
+
+
+def cmd_versions(api: Api, args: argparse.Namespace) -> int:
+    body = api.call("GET", "/v1/bank/versions")
+    if args.json:
+        dump(body)
+        return 0
+    out(f"live {body['live_version']}")
+    table([[e["version"], e["reason"], e.get("previous"),
+            time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(e["at"]))]
+           for e in body["history"]], ["VERSION", "REASON", "PREVIOUS", "AT"])
+    return 0
+
+
+def cmd_rollback(api: Api, args: argparse.Namespace) -> int:
+    entry = api.call("POST", "/v1/bank/rollback", json={"version": args.version})
+    if args.json:
+        dump(entry)
+    else:
+        out(f"live {entry['version']} (was {entry.get('previous')})")
+    return 0
+
+
+CLIENT_COMMANDS = {
+    "upload": cmd_upload, "predict": cmd_predict, "jobs": cmd_jobs, "tasks": cmd_tasks,
+    "adapters": cmd_adapters, "versions": cmd_versions, "rollback": cmd_rollback,
+}

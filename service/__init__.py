@@ -1,0 +1,1 @@
+"""The adapterd HTTP API (FastAPI); never imports torch, transformers or worker."""

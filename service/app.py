@@ -1,0 +1,64 @@
+"""The FastAPI app factory and its lifespan: Redis clients, registry, blobs, inference client."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import redis
+import redis.asyncio as aioredis
+from fastapi import FastAPI
+
+from adapters_store.blobstore import BlobStore
+from adapters_store.keys import Keys
+from adapters_store.registry import Registry
+from adapters_store.settings import Settings
+from service.errors import install_error_handlers
+from service.inference_client import InferenceClient
+from service.limits import BodyLimitMiddleware
+from service.live import LiveView
+from service.metrics import HttpMetricsMiddleware, Metrics
+from service.routes import adapters, health, jobs, tasks
+
+logger = logging.getLogger(__name__)
+
+
+@asynccontextmanager
+async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    settings: Settings = app.state.settings
+    keys = Keys(settings.key_prefix)
+    client = redis.Redis.from_url(settings.redis_url)
+    aclient = aioredis.Redis.from_url(settings.redis_url)
+    registry = Registry(client, keys)
+    inference = InferenceClient(aclient, keys, settings)
+    try:
+        registry.ensure_groups()
+        app.state.registry = registry
+        app.state.blobs = BlobStore(settings.data_dir / "blobs")
+        app.state.live = LiveView(registry, aclient)
+        app.state.inference = inference
+        app.state.metrics = Metrics(registry)
+        await inference.start()
+        logger.info("api %s up (prefix %s, strategy %s)", inference.api_id, settings.key_prefix,
+                    settings.strategy)
+        yield
+    finally:
+        await inference.stop()
+        await aclient.aclose()
+        client.close()
+        logger.info("api %s stopped", inference.api_id)
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """Build the app; ``uvicorn service.app:create_app --factory`` reads settings from the env."""
+    app = FastAPI(title="adapterd", version="0.1.0", lifespan=lifespan,
+                  description="Serving continually learned, shared adapters over one base model.")
+    app.state.settings = settings if settings is not None else Settings()
+    install_error_handlers(app)
+    # Added last = outermost: metrics also see the 413s the limit middleware answers itself.
+    app.add_middleware(BodyLimitMiddleware, settings=app.state.settings)
+    app.add_middleware(HttpMetricsMiddleware)
+    for module in (tasks, jobs, adapters, health):
+        app.include_router(module.router)
+    return app

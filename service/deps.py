@@ -1,0 +1,46 @@
+"""Dependency aliases for what the lifespan builds once per process and keeps on app.state."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import Depends, Request
+
+from adapters_store.blobstore import BlobStore
+from adapters_store.registry import Registry
+from adapters_store.settings import Settings
+from service.inference_client import InferenceClient
+from service.live import LiveView
+from service.metrics import Metrics
+
+
+def get_settings(request: Request) -> Settings:
+    return request.app.state.settings
+
+
+def get_registry(request: Request) -> Registry:
+    return request.app.state.registry
+
+
+def get_blobs(request: Request) -> BlobStore:
+    return request.app.state.blobs
+
+
+def get_inference(request: Request) -> InferenceClient:
+    return request.app.state.inference
+
+
+def get_live(request: Request) -> LiveView:
+    return request.app.state.live
+
+
+def get_metrics(request: Request) -> Metrics:
+    return request.app.state.metrics
+
+
+SettingsDep = Annotated[Settings, Depends(get_settings)]
+RegistryDep = Annotated[Registry, Depends(get_registry)]
+BlobsDep = Annotated[BlobStore, Depends(get_blobs)]
+InferenceDep = Annotated[InferenceClient, Depends(get_inference)]
+LiveDep = Annotated[LiveView, Depends(get_live)]
+MetricsDep = Annotated[Metrics, Depends(get_metrics)]

@@ -1,0 +1,134 @@
+"""Routes of the task resource: dataset uploads, predictions, task listing and details."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import anyio
+from fastapi import APIRouter, Query, Request, Response
+
+from adapters_store.errors import InvalidInput, NoWorker
+from adapters_store.records import Route
+from adapters_store.registry import Registry
+from adapters_store.streams import InputItem
+from service.auth import AdminAuth, InferenceAuth, ReadAuth
+from service.deps import (
+    BlobsDep,
+    InferenceDep,
+    LiveDep,
+    MetricsDep,
+    RegistryDep,
+    SettingsDep,
+)
+from service.errors import UpstreamError
+from service.live import LiveView
+from service.schemas import (
+    ErrorResponse,
+    PredictRequest,
+    PredictResponse,
+    StrategyName,
+    TaskDetail,
+    TaskIdPath,
+    TaskList,
+    UploadAccepted,
+)
+from service.uploads import RAW_TYPES, accept_dataset, read_upload
+from service.views import list_tasks, missing_route_error, task_detail
+
+router = APIRouter(prefix="/v1/tasks", tags=["tasks"])
+ERRORS = {code: {"model": ErrorResponse} for code in (401, 403, 404, 413, 422, 429, 503, 504)}
+
+_UPLOAD_BODY = {"requestBody": {"required": True, "content": {
+    "multipart/form-data": {"schema": {"type": "object", "required": ["file"], "properties": {
+        "file": {"type": "string", "format": "binary"}}}},
+    **{ct: {"schema": {"type": "string", "format": "binary"}} for ct in RAW_TYPES},
+}}}
+
+
+@router.post("/{task_id}/datasets", status_code=202, response_model=UploadAccepted,
+             dependencies=[AdminAuth], responses=ERRORS, openapi_extra=_UPLOAD_BODY,
+             summary="Upload a JSONL or CSV dataset and enqueue training")
+async def upload_dataset(
+    task_id: TaskIdPath, request: Request, settings: SettingsDep, registry: RegistryDep,
+    blobs: BlobsDep, metrics: MetricsDep,
+    strategy: Annotated[StrategyName | None, Query(description="default: the server's")] = None,
+    filename: Annotated[str | None, Query(max_length=200, description="raw body's name")] = None,
+) -> UploadAccepted:
+    # The body is read here (not as an UploadFile parameter) so auth runs before any byte is read.
+    chosen = strategy or settings.strategy
+    try:
+        upload = await read_upload(request, filename, settings.max_upload_bytes)
+        dataset, job = await anyio.to_thread.run_sync(
+            accept_dataset, registry, blobs, settings, task_id, upload, chosen)
+    except Exception:
+        metrics.uploads.labels("rejected").inc()
+        raise
+    metrics.uploads.labels("accepted").inc()
+    metrics.jobs_submitted.labels(chosen).inc()
+    return UploadAccepted(job_id=job.job_id, dataset_id=dataset.id, task_id=task_id,
+                          status_url=f"/v1/jobs/{job.job_id}")
+
+
+def _inputs(body: PredictRequest, max_inputs: int, max_chars: int) -> list[InputItem]:
+    if len(body.inputs) > max_inputs:
+        raise InvalidInput(f"at most {max_inputs} inputs per request",
+                           {"inputs": len(body.inputs), "max_inputs": max_inputs})
+    items = [InputItem(text=x) if isinstance(x, str) else InputItem(**x.model_dump())
+             for x in body.inputs]
+    too_long = [i for i, item in enumerate(items)
+                if len(item.text) > max_chars or len(item.text_pair or "") > max_chars]
+    if too_long:
+        raise InvalidInput(f"inputs longer than {max_chars} characters",
+                           {"indexes": too_long[:50], "max_chars": max_chars})
+    return items
+
+
+def _check_kind(route: Route, items: list[InputItem]) -> None:
+    want_pair = route.input_kind == "pair"
+    wrong = [i for i, item in enumerate(items) if (item.text_pair is not None) != want_pair]
+    if wrong:
+        need = "{text, text_pair} objects" if want_pair else "single texts (no text_pair)"
+        raise InvalidInput(f"task {route.task_id!r} takes {need}",
+                           {"input_kind": route.input_kind, "indexes": wrong[:50]})
+
+
+async def _route_for(task_id: str, version: str | None, live: LiveView,
+                     registry: Registry) -> Route:
+    manifest = await (live.manifest(version) if version else live.live_manifest())
+    route = manifest.routes.get(task_id) if manifest else None
+    if route is None:
+        raise await anyio.to_thread.run_sync(missing_route_error, registry, task_id)
+    return route
+
+
+@router.post("/{task_id}/predict", response_model=PredictResponse, dependencies=[InferenceAuth],
+             responses=ERRORS, summary="Classify inputs with the task's live route")
+async def predict(
+    task_id: TaskIdPath, body: PredictRequest, response: Response, settings: SettingsDep,
+    registry: RegistryDep, live: LiveDep, inference: InferenceDep, metrics: MetricsDep,
+) -> PredictResponse:
+    items = _inputs(body, settings.max_inputs_per_request, settings.max_input_chars)
+    route = await _route_for(task_id, body.version, live, registry)
+    _check_kind(route, items)
+    if not await live.inference_worker_alive():
+        raise NoWorker("no inference worker is alive", {"task_id": task_id})
+    reply = await inference.predict(task_id, items, version=body.version)
+    if reply.outputs is None or len(reply.outputs) != len(items):
+        raise UpstreamError("the worker answered with the wrong number of predictions",
+                            {"inputs": len(items), "worker_id": reply.worker_id})
+    metrics.observe_reply(reply, len(items))
+    if reply.version:
+        response.headers["X-Adapter-Version"] = reply.version
+    return PredictResponse(task_id=task_id, version=reply.version, predictions=reply.outputs)
+
+
+@router.get("", response_model=TaskList, dependencies=[ReadAuth])
+def get_tasks(registry: RegistryDep) -> TaskList:
+    return TaskList(tasks=list_tasks(registry))
+
+
+@router.get("/{task_id}", response_model=TaskDetail, dependencies=[ReadAuth],
+            responses={404: {"model": ErrorResponse}})
+def get_task(task_id: TaskIdPath, registry: RegistryDep) -> TaskDetail:
+    return task_detail(registry, task_id)
+

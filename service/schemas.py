@@ -1,0 +1,184 @@
+"""Request and response models of the HTTP API (what OpenAPI shows and what clients rely on)."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from fastapi import Path
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+
+from adapters_store.records import (
+    TASK_ID_PATTERN,
+    BaseModelInfo,
+    DatasetRecord,
+    InputKind,
+    JobRecord,
+    JobState,
+    ModuleKind,
+)
+from adapters_store.settings import Settings
+from adapters_store.streams import Prediction
+
+JOB_ID_PATTERN = r"^job_[0-9a-f]{16}$"
+VERSION_PATTERN = r"^v[0-9]+$"
+# The strategies an upload may ask for are exactly those Settings accepts: one Literal, one place.
+StrategyName = Settings.model_fields["strategy"].annotation
+TaskState = Literal["ready", "queued", "training", "failed", "not_live"]
+
+TaskIdPath = Annotated[str, Path(pattern=TASK_ID_PATTERN, description="task id")]
+JobIdPath = Annotated[str, Path(pattern=JOB_ID_PATTERN, description="job id")]
+Version = Annotated[str, StringConstraints(pattern=VERSION_PATTERN)]
+
+
+class Model(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ErrorBody(Model):
+    code: str
+    message: str
+    details: Any = None
+
+
+class ErrorResponse(Model):
+    error: ErrorBody
+
+
+# ---- uploads and jobs ------------------------------------------------------------------------
+class UploadAccepted(Model):
+    job_id: str
+    dataset_id: str
+    task_id: str
+    status_url: str
+
+
+class JobList(Model):
+    jobs: list[JobRecord]
+
+
+# ---- predict -------------------------------------------------------------------------------
+class PairInput(Model):
+    text: Annotated[str, StringConstraints(min_length=1)]
+    text_pair: Annotated[str, StringConstraints(min_length=1)] | None = None
+
+
+class PredictRequest(Model):
+    inputs: list[Annotated[str, StringConstraints(min_length=1)] | PairInput] = Field(
+        min_length=1, description="texts, or {text, text_pair} objects for pair tasks")
+    version: Version | None = Field(None, description="pin a bank version (default: live)")
+
+
+class PredictResponse(Model):
+    task_id: str
+    version: str | None
+    predictions: list[Prediction]
+
+
+# ---- tasks ---------------------------------------------------------------------------------
+class TaskSummary(Model):
+    task_id: str
+    state: TaskState
+    labels: list[str]
+    input_kind: InputKind | None
+    params: int | None = Field(None, description="adapter params on the task's route")
+    head_params: int | None = None
+    latest_job_id: str | None
+    latest_job_state: JobState | None
+    metrics: dict[str, float]
+
+
+class TaskList(Model):
+    tasks: list[TaskSummary]
+
+
+class RouteLayer(Model):
+    layer: int
+    module: str | None
+    kind: ModuleKind | None
+    params: int
+    shared_with: list[str]
+
+
+class RouteView(Model):
+    version: str
+    layers: list[RouteLayer]
+    labels: list[str]
+    head_params: int
+    params: int
+    full_route_params: int
+    strategy: str
+    dataset_id: str
+    job_id: str
+    trained_in: str
+
+
+class TaskDetail(TaskSummary):
+    route: RouteView | None
+    datasets: list[DatasetRecord]
+    jobs: list[JobRecord]
+    trained_in: str | None = Field(None, description="bank version that trained the live route")
+    trained_versions: list[str] = Field(description="versions published by the task's jobs")
+
+
+# ---- adapter bank --------------------------------------------------------------------------
+class ModuleView(Model):
+    id: str
+    kind: ModuleKind
+    layer: int
+    params: int
+    users: list[str]
+    created_by: str
+    created_in: str
+    config: dict[str, Any]
+
+
+class LayerView(Model):
+    layer: int
+    modules: list[str]
+
+
+class TaskRouteView(Model):
+    layers: list[str | None]
+    labels: list[str]
+    params: int
+    head_params: int
+
+
+class AdaptersView(Model):
+    live_version: str | None
+    base_model: BaseModelInfo | None
+    strategy: str | None
+    modules: list[ModuleView]
+    layers: list[LayerView]
+    routes: dict[str, TaskRouteView]
+    totals: dict[str, int]
+
+
+class VersionEntry(BaseModel):
+    model_config = ConfigDict(extra="allow")  # history entries may grow fields; show them all
+
+    version: str
+    at: float
+    reason: str
+    previous: str | None = None
+
+
+class VersionsView(Model):
+    live_version: str | None
+    history: list[VersionEntry]
+
+
+class RollbackRequest(Model):
+    version: Version
+
+
+# ---- health --------------------------------------------------------------------------------
+class Health(Model):
+    status: str
+
+
+class Ready(Model):
+    status: str
+    redis: str
+    inference_workers: int
+    live_version: str | None
