@@ -58,6 +58,8 @@ class Route(Record):
     trained_in: str
     full_route_params: int = Field(ge=0, description="params of one new module at every layer")
     metrics: dict[str, float] = Field(default_factory=dict)
+    strategy_params: dict[str, Any] = Field(default_factory=dict)
+    decisions: list[dict[str, Any]] = Field(default_factory=list)
 
 
 class BaseModelInfo(Record):
@@ -139,6 +141,10 @@ class JobResult(Record):
     train_seconds: float
     layers: list[str | None]
     decisions: list[dict[str, Any]] = Field(default_factory=list)
+    replayed: list[str] = Field(default_factory=list)
+    old_tasks: dict[str, dict[str, float]] = Field(
+        default_factory=dict, description="held-out accuracy before/after of affected tasks")
+    strategy_params: dict[str, Any] = Field(default_factory=dict)
 
 
 class JobRecord(Record):

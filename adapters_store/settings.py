@@ -45,7 +45,7 @@ class Settings(BaseSettings):
     keep_versions: int = Field(2, ge=1, le=64)
 
     # Trainer
-    strategy: Literal["per_task"] = "per_task"
+    strategy: Literal["safm", "acm", "per_task"] = "safm"
     module_kind: Literal["bottleneck", "lora"] = "bottleneck"
     bottleneck_size: int = Field(48, ge=1, le=4096)
     lora_rank: int = Field(8, ge=1, le=1024)
@@ -60,5 +60,17 @@ class Settings(BaseSettings):
     min_rows_per_label: int = Field(5, ge=1)
     max_train_rows: int = Field(20_000, ge=10)
     seed: int = 777
+    # SAFM / ACM (defaults from the paper and its code; epochs sized for a CPU, see README)
+    safm_epochs: int = Field(6, ge=1, le=100, description="tuning-stage epochs (paper: 12)")
+    safm_learning_rate: float = Field(1.75e-4, gt=0, le=1.0)
+    safm_search_learning_rate: float | None = Field(None, gt=0, le=1.0)
+    safm_warmup_epochs: int = Field(3, ge=0, le=50)
+    safm_search_epochs: int = Field(3, ge=0, le=50)
+    safm_alpha: float = 0.11
+    safm_beta: float = Field(0.08, ge=0)
+    safm_entropy_coef: float = Field(0.01, ge=0)
+    safm_layer_loss_weight: float = Field(0.4, ge=0)
+    safm_replay_ratio: float = Field(0.2, ge=0)
+    safm_forced_layers: list[int] | None = None
     lease_ttl_s: float = Field(30.0, gt=1)
     job_max_attempts: int = Field(3, ge=1)

@@ -43,3 +43,7 @@ def keyword_rows(n_per_label: int = 30, seed: int = 0, pair: bool = False) -> li
                             text_pair=" ".join(rng.sample(fillers, 3)) if pair else None))
     rng.shuffle(rows)
     return rows
+
+
+def tiny_model_layers(layers: int, max_length: int = 64) -> RoutedEncoder:
+    return RoutedEncoder(load_base(f"{TINY}:{layers}", CPU, max_length)).eval()

@@ -54,9 +54,9 @@ def _fingerprint(*parts: bytes) -> str:
     return h.hexdigest()
 
 
-def _tiny_bert(tokenizer: PreTrainedTokenizerBase) -> tuple[torch.nn.Module, str]:
+def _tiny_bert(tokenizer: PreTrainedTokenizerBase, layers: int) -> tuple[torch.nn.Module, str]:
     """A tiny, deterministic random BERT for tests: same weights in every process."""
-    config = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2,
+    config = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=layers,
                         num_attention_heads=4, intermediate_size=64, max_position_embeddings=512)
     gen_state = torch.random.get_rng_state()
     try:
@@ -70,13 +70,15 @@ def _tiny_bert(tokenizer: PreTrainedTokenizerBase) -> tuple[torch.nn.Module, str
 
 
 def load_base(name: str, device: torch.device, max_length: int) -> BaseEncoder:
-    """Load the base by alias (all-MiniLM-L6-v2, tiny-bert) or local directory; never downloads."""
+    """Load the base by alias (all-MiniLM-L6-v2, tiny-bert[:layers]) or a local directory;
+    never downloads."""
     # The sentence-transformers checkpoint carries a pooler we do not use; its load report is noise.
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
-    if name == TINY:
+    if name == TINY or name.startswith(TINY + ":"):
+        layers = int(name.partition(":")[2] or 2)  # "tiny-bert:4" = four layers
         tokenizer = AutoTokenizer.from_pretrained(_minilm_path())
-        model, fingerprint = _tiny_bert(tokenizer)
+        model, fingerprint = _tiny_bert(tokenizer, layers)
     else:
         path = _minilm_path() if name == MINILM else Path(name)
         if not path.is_dir():

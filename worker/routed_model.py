@@ -9,7 +9,7 @@ from torch import nn
 
 from worker.base_model import BaseEncoder
 from worker.modules import BERT_SITES
-from worker.routing import RoutedLinear, Routing, RoutingSlot
+from worker.routing import RoutedLinear, RoutingLike, RoutingSlot
 
 
 def _replace(root: nn.Module, dotted: str, new: nn.Module) -> nn.Linear:
@@ -37,19 +37,30 @@ class RoutedEncoder(nn.Module):
                 _replace(layer, path, RoutedLinear(linear, self.slot, layer_idx, part, mode))
 
     @contextmanager
-    def routed(self, routing: Routing | None):
+    def routed(self, routing: RoutingLike | None):
         previous, self.slot.current = self.slot.current, routing
         try:
             yield
         finally:
             self.slot.current = previous
 
-    def embed(self, batch: dict[str, torch.Tensor], routing: Routing | None) -> torch.Tensor:
+    def embed(self, batch: dict[str, torch.Tensor], routing: RoutingLike | None) -> torch.Tensor:
         """Mean-pooled last hidden state (sentence-transformers' pooling for MiniLM)."""
         with self.routed(routing):
             hidden = self.encoder(**batch).last_hidden_state
-        mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
-        return (hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0)
+        return mean_pool(hidden, batch["attention_mask"])
+
+    def embed_with_layers(self, batch: dict[str, torch.Tensor], routing: RoutingLike | None
+                          ) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
+        """Pooled output plus every block boundary: states[l] enters layer l, states[l+1] leaves."""
+        with self.routed(routing):
+            out = self.encoder(**batch, output_hidden_states=True)
+        return mean_pool(out.last_hidden_state, batch["attention_mask"]), out.hidden_states
+
+
+def mean_pool(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
+    return (hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0)
 
 
 def apply_heads(pooled: torch.Tensor, row_heads: list[nn.Linear]) -> list[torch.Tensor]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Protocol
 
 import torch
 from torch import nn
@@ -66,11 +67,18 @@ class Routing:
         return y
 
 
+class RoutingLike(Protocol):
+    """Anything that can transform a routed site's output: row routing or a search mixture."""
+
+    def apply(self, layer: int, part: str, mode: str, x: torch.Tensor,
+              y: torch.Tensor) -> torch.Tensor: ...
+
+
 class RoutingSlot:
     """The routing of the forward in progress; None means the bare base model."""
 
     def __init__(self) -> None:
-        self.current: Routing | None = None
+        self.current: RoutingLike | None = None
 
 
 class RoutedLinear(nn.Module):

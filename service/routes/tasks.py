@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 import anyio
 from fastapi import APIRouter, Query, Request, Response
@@ -57,9 +57,10 @@ async def upload_dataset(
     # The body is read here (not as an UploadFile parameter) so auth runs before any byte is read.
     chosen = strategy or settings.strategy
     try:
+        params = hyperparameters(request)
         upload = await read_upload(request, filename, settings.max_upload_bytes)
         dataset, job = await anyio.to_thread.run_sync(
-            accept_dataset, registry, blobs, settings, task_id, upload, chosen)
+            accept_dataset, registry, blobs, settings, task_id, upload, chosen, params)
     except Exception:
         metrics.uploads.labels("rejected").inc()
         raise
@@ -67,6 +68,21 @@ async def upload_dataset(
     metrics.jobs_submitted.labels(chosen).inc()
     return UploadAccepted(job_id=job.job_id, dataset_id=dataset.id, task_id=task_id,
                           status_url=f"/v1/jobs/{job.job_id}")
+
+
+def hyperparameters(request: Request) -> dict[str, Any]:
+    """Query parameters other than strategy/filename are strategy hyperparameters
+    (``forced_layers`` as ``2,3`` or repeated); validated by StrategyParams."""
+    raw: dict[str, Any] = {}
+    for key in request.query_params:
+        if key in ("strategy", "filename"):
+            continue
+        values = request.query_params.getlist(key)
+        if key == "forced_layers":
+            raw[key] = [v.strip() for value in values for v in value.split(",") if v.strip()]
+        else:
+            raw[key] = values[-1]
+    return raw
 
 
 def _inputs(body: PredictRequest, max_inputs: int, max_chars: int) -> list[InputItem]:

@@ -22,6 +22,8 @@ def worker_env(settings: Settings, **overrides: object) -> dict[str, str]:
     env = dict(os.environ)
     values = settings.model_dump(mode="json") | overrides
     for key, value in values.items():
+        if value is None:
+            continue
         if isinstance(value, list):
             if not value:
                 continue

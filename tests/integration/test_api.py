@@ -195,7 +195,7 @@ def test_redis_outage_is_503(api: TestClient) -> None:
 
 
 def test_unknown_strategy_is_422(api: TestClient, registry: Registry, settings: Settings) -> None:
-    response = upload(api, "sentiment", to_jsonl(make_rows()), params={"strategy": "safm"})
+    response = upload(api, "sentiment", to_jsonl(make_rows()), params={"strategy": "hamster"})
     assert assert_error(response, 422, "invalid_input")["details"][0]["loc"] == [
         "query", "strategy"]
     assert_nothing_stored(registry, settings)

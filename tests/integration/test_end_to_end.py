@@ -19,7 +19,9 @@ from tests.factories import keyword_rows
 from tests.integration.stack import ApiProcess, WorkerProcess, wait_for, wait_job, wait_workers
 
 FAST = {"epochs": 8, "batch_size": 8, "learning_rate": 5e-3, "head_learning_rate": 1e-2,
-        "bottleneck_size": 16, "max_wait_ms": 2, "heartbeat_s": 0.5, "lease_ttl_s": 5.0}
+        "bottleneck_size": 16, "max_wait_ms": 2, "heartbeat_s": 0.5, "lease_ttl_s": 5.0,
+        "safm_learning_rate": 5e-3, "safm_epochs": 6, "safm_warmup_epochs": 1,
+        "safm_search_epochs": 1}
 
 
 def jsonl(rows: list) -> bytes:
@@ -55,8 +57,9 @@ def _ready(url: str) -> bool:
         return False
 
 
-def upload(url: str, task: str, data: bytes, name: str = "data.jsonl") -> dict:
-    r = httpx.post(f"{url}/v1/tasks/{task}/datasets", files={"file": (name, data)}, timeout=30)
+def upload(url: str, task: str, data: bytes, name: str = "data.jsonl", query: str = "") -> dict:
+    r = httpx.post(f"{url}/v1/tasks/{task}/datasets?{query}", files={"file": (name, data)},
+                   timeout=30)
     assert r.status_code == 202, r.text
     return r.json()
 
@@ -64,7 +67,7 @@ def upload(url: str, task: str, data: bytes, name: str = "data.jsonl") -> dict:
 def test_upload_train_publish_predict(stack: dict, registry: Registry) -> None:
     url = stack["api"].url
     procs = tuple(stack.values())
-    accepted = upload(url, "colors", jsonl(keyword_rows(40)))
+    accepted = upload(url, "colors", jsonl(keyword_rows(40)), query="strategy=per_task")
     job = wait_job(registry, accepted["job_id"], 180, procs)
     assert job.state == "succeeded", job.error
     assert job.result is not None and job.result.version == "v1"
@@ -210,3 +213,50 @@ def test_second_trainer_waits_on_the_lease(stack_settings: Settings, registry: R
     finally:
         for t in trainers:
             t.stop()
+
+
+def test_safm_sequence_through_the_service(stack: dict, registry: Registry) -> None:
+    """Three uploads with the default strategy (safm) publish three versions; the registry's
+    parameter total is the sum over distinct modules, and sharing is visible per module."""
+    url = stack["api"].url
+    procs = tuple(stack.values())
+    seeds = {"colors": 0, "colors-b": 0, "colors-c": 5}
+    for n, (task, seed) in enumerate(seeds.items(), start=1):
+        accepted = upload(url, task, jsonl(keyword_rows(20, seed=seed)) if task != "colors-c"
+                          else jsonl(keyword_rows(25, seed=seed)))
+        job = wait_job(registry, accepted["job_id"], 240, procs)
+        assert job.state == "succeeded", job.error
+        assert job.strategy == "safm" and job.result.version == f"v{n}"
+        assert len(job.result.decisions) == 2
+        assert job.result.strategy_params["alpha"] == 0.11
+    bank = httpx.get(f"{url}/v1/adapters").json()
+    assert bank["live_version"] == "v3" and bank["strategy"] == "safm"
+    assert bank["totals"]["adapter_params"] == sum(m["params"] for m in bank["modules"])
+    assert bank["totals"]["tasks"] == 3
+    users = {m["id"]: m["users"] for m in bank["modules"]}
+    for task, route in bank["routes"].items():
+        for module_id in route["layers"]:
+            if module_id is not None:
+                assert task in users[module_id]
+    detail = httpx.get(f"{url}/v1/tasks/colors-b").json()
+    assert detail["route"]["layers"] is not None
+    assert len(httpx.get(f"{url}/v1/bank/versions").json()["history"]) == 3
+
+
+def test_strategy_parameters_are_validated_per_upload(stack: dict) -> None:
+    url = stack["api"].url
+    data = jsonl(keyword_rows(10))
+    for query, fragment in (("strategy=safm&alpha=0.01", "alpha > beta"),
+                            ("strategy=acm&layer_loss_weight=0.4", "layer_loss_weight"),
+                            ("strategy=per_task&beta=0.2", "do not apply"),
+                            ("strategy=safm&replay_ratio=-1", "invalid strategy parameters"),
+                            ("strategy=safm&bogus=1", "invalid strategy parameters"),
+                            ("strategy=nope", "")):
+        r = httpx.post(f"{url}/v1/tasks/colors/datasets?{query}",
+                       files={"file": ("d.jsonl", data)})
+        assert r.status_code == 422, (query, r.text)
+        assert fragment in r.text
+    assert httpx.get(f"{url}/v1/tasks/colors").status_code == 404  # nothing was stored
+    r = httpx.post(f"{url}/v1/tasks/colors/datasets?strategy=acm&epochs=1&forced_layers=0,1"
+                   "&search_epochs=0", files={"file": ("d.jsonl", data)})
+    assert r.status_code == 202, r.text

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from adapters_store.settings import Settings
+from adapters_store.strategy_params import resolve
 from tests.factories import CPU, keyword_rows, random_module, tiny_model
 from worker.strategies import STRATEGIES, FitContext
 from worker.train_job import split_rows
@@ -45,8 +46,8 @@ def test_per_task_learns_keyword_task() -> None:
                         head_learning_rate=1e-2, bottleneck_size=16)
     progress = []
     ctx = FitContext(model=model, parent=None, task_id="colors", train_rows=train,
-                     labels=["blue", "red"], settings=settings, progress=progress.append,
-                     device=CPU)
+                     labels=["blue", "red"], params=resolve("per_task", {}, settings, 2),
+                     progress=progress.append, device=CPU, seed=0)
     fit = STRATEGIES["per_task"](ctx)
     assert len(fit.new_modules) == 2 and all(m is not None for m in fit.route)
     assert progress[-1].step == progress[-1].total_steps and progress[-1].epoch == 6

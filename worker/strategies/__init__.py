@@ -6,7 +6,9 @@ from collections.abc import Callable
 
 from worker.strategies.fit import FitContext, FitResult
 from worker.strategies.per_task import fit_per_task
+from worker.strategies.safm import fit_acm, fit_safm
 
-STRATEGIES: dict[str, Callable[[FitContext], FitResult]] = {"per_task": fit_per_task}
+STRATEGIES: dict[str, Callable[[FitContext], FitResult]] = {
+    "safm": fit_safm, "acm": fit_acm, "per_task": fit_per_task}
 
 __all__ = ["STRATEGIES", "FitContext", "FitResult"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -9,11 +10,13 @@ import torch
 from torch import nn
 
 from adapters_store.datasets import Row
-from adapters_store.settings import Settings
 from worker.bank import LoadedVersion
 from worker.modules import AdapterModule, module_config
 from worker.routed_model import RoutedEncoder
 from worker.training import ProgressFn, TrainConfig
+
+# task id -> (train rows, held-out rows) of an earlier task, split exactly as when it was trained
+TaskRows = Callable[[str], tuple[list[Row], list[Row]]]
 
 
 @dataclass
@@ -23,25 +26,33 @@ class FitContext:
     task_id: str
     train_rows: list[Row]
     labels: list[str]
-    settings: Settings
+    params: dict[str, Any]
     progress: ProgressFn
     device: torch.device
+    seed: int
+    task_rows: TaskRows | None = None
+    weight_decay: float = 0.01
 
     @property
     def label_index(self) -> dict[str, int]:
         return {label: i for i, label in enumerate(self.labels)}
 
-    def train_config(self) -> TrainConfig:
-        s = self.settings
-        return TrainConfig(epochs=s.epochs, batch_size=s.batch_size, lr=s.learning_rate,
-                           head_lr=s.head_learning_rate, weight_decay=s.weight_decay, seed=s.seed)
+    def train_config(self, epochs: int | None = None) -> TrainConfig:
+        p = self.params
+        return TrainConfig(epochs=p["epochs"] if epochs is None else epochs,
+                           batch_size=p["batch_size"], lr=p["learning_rate"],
+                           head_lr=p["head_learning_rate"], weight_decay=self.weight_decay,
+                           seed=self.seed)
+
+    def module_config(self) -> dict[str, Any]:
+        p = self.params
+        return module_config(p["module_kind"], self.model.base.info.hidden_size,
+                             size=p["bottleneck_size"], rank=p["lora_rank"],
+                             alpha=p["lora_alpha"], targets=p["lora_targets"])
 
     def new_module(self, layer: int) -> AdapterModule:
-        s = self.settings
-        config = module_config(s.module_kind, self.model.base.info.hidden_size,
-                               size=s.bottleneck_size, rank=s.lora_rank, alpha=s.lora_alpha,
-                               targets=s.lora_targets)
-        return AdapterModule(s.module_kind, layer, config).to(self.device)
+        module = AdapterModule(self.params["module_kind"], layer, self.module_config())
+        return module.to(self.device)
 
     def new_head(self) -> nn.Linear:
         head = nn.Linear(self.model.base.info.hidden_size, len(self.labels))
@@ -51,11 +62,22 @@ class FitContext:
 
 
 @dataclass
+class OldTaskEval:
+    before: float
+    after: float
+
+
+@dataclass
 class FitResult:
-    """The task's route (module objects or None per layer), what is new, and its head."""
+    """The task's route (module objects or None per layer), what is new or changed, its head."""
 
     route: list[AdapterModule | None]
     new_modules: list[AdapterModule]
     head: nn.Linear
-    strategy_params: dict[str, Any] = field(default_factory=dict)
     decisions: list[dict[str, Any]] = field(default_factory=list)
+    # old module id -> its tuned working copy (replay may change shared modules)
+    updated_modules: dict[str, AdapterModule] = field(default_factory=dict)
+    # earlier task -> its tuned head (replay batches train the replayed task's whole path)
+    updated_heads: dict[str, nn.Linear] = field(default_factory=dict)
+    replayed: list[str] = field(default_factory=list)
+    old_tasks: dict[str, OldTaskEval] = field(default_factory=dict)
