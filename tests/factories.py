@@ -47,3 +47,15 @@ def keyword_rows(n_per_label: int = 30, seed: int = 0, pair: bool = False) -> li
 
 def tiny_model_layers(layers: int, max_length: int = 64) -> RoutedEncoder:
     return RoutedEncoder(load_base(f"{TINY}:{layers}", CPU, max_length)).eval()
+
+
+TEST_SETTINGS = dict(base_model="tiny-bert", batch_size=8, learning_rate=1e-2,
+                     head_learning_rate=1e-2, bottleneck_size=8, safm_learning_rate=1e-2,
+                     safm_epochs=3, safm_warmup_epochs=2, safm_search_epochs=3, seed=0,
+                     val_fraction=0.2)
+
+
+def make_settings(**overrides: object):  # noqa: ANN201 - Settings; import kept local
+    from adapters_store.settings import Settings
+
+    return Settings(**(TEST_SETTINGS | overrides))

@@ -7,16 +7,16 @@ import torch
 
 from adapters_store.settings import Settings
 from adapters_store.strategy_params import resolve
-from tests.bank_sequence import Sequence
-from tests.factories import CPU, keyword_rows, random_module, tiny_model_layers
+from tests.factories import CPU, keyword_rows, make_settings, random_module, tiny_model_layers
 from worker.bank import LoadedBank
 from worker.routing import Routing
+from worker.sequence import Sequence
 from worker.strategies.tuning import layer_cosine
 from worker.training import items_of
 
 
 def test_same_data_again_reuses_old_modules(tmp_path) -> None:
-    seq = Sequence(tiny_model_layers(4), tmp_path)
+    seq = Sequence(tiny_model_layers(4), tmp_path, make_settings())
     rows = keyword_rows(30)
     first, _ = seq.add("colors", rows, "per_task")
     manifest, fit = seq.add("colors-again", rows, search_learning_rate=0.05)
@@ -33,7 +33,7 @@ def test_same_data_again_reuses_old_modules(tmp_path) -> None:
 
 
 def test_zero_search_epochs_is_empty_except_forced(tmp_path) -> None:
-    seq = Sequence(tiny_model_layers(4), tmp_path)
+    seq = Sequence(tiny_model_layers(4), tmp_path, make_settings())
     seq.add("colors", keyword_rows(20), "per_task")
     manifest, fit = seq.add("shades", keyword_rows(20, seed=3), search_epochs=0,
                             forced_layers=[2])
@@ -48,7 +48,7 @@ def test_zero_search_epochs_is_empty_except_forced(tmp_path) -> None:
 
 
 def test_acm_has_no_empty_candidate(tmp_path) -> None:
-    seq = Sequence(tiny_model_layers(2), tmp_path)
+    seq = Sequence(tiny_model_layers(2), tmp_path, make_settings())
     seq.add("colors", keyword_rows(20), "per_task")
     _, fit = seq.add("shades", keyword_rows(20, seed=2), "acm", search_epochs=0)
     assert all("empty" not in d["weights"] for d in fit.decisions)
@@ -60,7 +60,7 @@ def _tensors(bank: LoadedBank, module_id: str) -> dict[str, torch.Tensor]:
 
 
 def test_path_masking_replay_and_immutable_versions(tmp_path) -> None:
-    seq = Sequence(tiny_model_layers(2), tmp_path)
+    seq = Sequence(tiny_model_layers(2), tmp_path, make_settings())
     seq.add("colors", keyword_rows(20), "per_task")
     v2, _ = seq.add("shapes", keyword_rows(20, seed=7), "per_task")
     old_colors = list(v2.routes["colors"].layers)
