@@ -57,7 +57,10 @@ def build_parser() -> argparse.ArgumentParser:
     upload = add("upload", "upload a JSONL or CSV dataset for a task and enqueue training")
     upload.add_argument("task_id")
     upload.add_argument("file")
-    upload.add_argument("--strategy", default=None, help="training strategy (default: server's)")
+    upload.add_argument("--strategy", default=None, choices=("safm", "acm", "per_task"),
+                        help="training strategy (default: the server's, safm)")
+    upload.add_argument("--param", action="append", default=[], metavar="NAME=VALUE",
+                        help="strategy hyperparameter, e.g. --param epochs=3 (repeatable)")
     upload.add_argument("--wait", action="store_true", help="follow the job until it finishes")
     upload.add_argument("--poll", type=float, default=1.0, help="seconds between job polls")
     upload.add_argument("--wait-timeout", type=float, default=None, help="give up after S s")
@@ -97,6 +100,10 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        # `adapterd adapters | head`: the reader left; say nothing more, like other CLI tools.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
 
 
 if __name__ == "__main__":

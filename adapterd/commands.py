@@ -75,6 +75,11 @@ def cmd_upload(api: Api, args: argparse.Namespace) -> int:
         raise ApiError("invalid_input", f"no such file: {path}")
     ctype = "text/csv" if path.suffix.lower() == ".csv" else "application/x-ndjson"
     params = {"strategy": args.strategy} if args.strategy else {}
+    for item in getattr(args, "param", []):
+        name, sep, value = item.partition("=")
+        if not sep or not name:
+            raise ApiError("invalid_input", f"--param wants NAME=VALUE, got {item!r}")
+        params[name.strip()] = value.strip()
     with path.open("rb") as fh:
         body = api.call("POST", f"/v1/tasks/{args.task_id}/datasets", params=params,
                         files={"file": (path.name, fh, ctype)})
@@ -94,6 +99,12 @@ def cmd_upload(api: Api, args: argparse.Namespace) -> int:
     if result and not args.json:
         out(f"published {result['version']}: val_accuracy {result['val_accuracy']:.3f} "
             f"(majority {result['majority_baseline']:.3f}), params added {result['params_added']}")
+        choices = [d.get("choice", "?") for d in result.get("decisions", [])]
+        if choices:
+            out("layers: " + " ".join(choices) + (f"; replayed {', '.join(result['replayed'])}"
+                                                 if result.get("replayed") else ""))
+        for task, acc in (result.get("old_tasks") or {}).items():
+            out(f"  {task}: held-out accuracy {acc['before']:.3f} -> {acc['after']:.3f}")
     return 0
 
 

@@ -85,6 +85,9 @@ class Registry:
         self.manifest(version)
         with self.r.pipeline() as pipe:
             previous = _s(self.r.get(self.keys.live))
+            if previous == version:  # idempotent: already live, nothing to record
+                return {"version": version, "at": time.time(), "reason": "already live",
+                        "previous": previous}
             entry = {"version": version, "at": time.time(), "reason": "rollback",
                      "previous": previous}
             pipe.multi()

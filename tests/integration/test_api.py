@@ -392,6 +392,9 @@ def test_versions_and_rollback(api: TestClient, registry: Registry) -> None:
     versions = api.get("/v1/bank/versions").json()
     assert versions["live_version"] == "v1"
     assert [e["reason"] for e in versions["history"]] == ["test", "test", "rollback"]
+    again = api.post("/v1/bank/rollback", json={"version": "v1"})  # already live: a no-op
+    assert again.status_code == 200 and again.json()["reason"] == "already live"
+    assert len(api.get("/v1/bank/versions").json()["history"]) == 3
     assert_error(api.post("/v1/bank/rollback", json={"version": "v9"}), 404, "not_found")
     assert_error(api.post("/v1/bank/rollback", json={"version": "latest"}), 422, "invalid_input")
     # The predict path sees the pointer move: gamma is no longer routed.

@@ -138,3 +138,15 @@ def test_resolve_validates_ranges_and_rules() -> None:
         resolve("per_task", {"alpha": 0.2}, s, 6)
     with pytest.raises(ValueError):
         resolve("safm", {"replay_ratio": -1}, s, 6)
+
+
+def test_safm_with_lora_modules(tmp_path) -> None:
+    seq = Sequence(tiny_model_layers(2), tmp_path, make_settings(module_kind="lora", lora_rank=4))
+    first, _ = seq.add("colors", keyword_rows(20), "per_task")
+    manifest, fit = seq.add("colors-again", keyword_rows(20), search_learning_rate=0.05)
+    assert {m.kind for m in manifest.modules.values()} == {"lora"}
+    old = first.routes["colors"].layers[1]
+    assert set(fit.decisions[1]["weights"]) == {"empty", old, "new"}
+    assert fit.decisions[0]["choice"] == "new" and fit.decisions[0]["forced"]
+    loaded = seq.state.bank.sync(manifest)
+    assert set(loaded.tasks["colors-again"].modules[0].parts) == {"query", "value"}
