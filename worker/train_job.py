@@ -190,11 +190,14 @@ def run_train_job(state: TrainerState, job: JobRecord, progress: ProgressFn) -> 
                       metrics={"val_accuracy": val_acc, "majority_baseline": majority},
                       params=params, full_route_params=full)
     number = state.registry.next_version_number()
-    manifest = ManifestWriter(state, job, parent, f"v{number}").build(number, outcome)
+    writer = ManifestWriter(state, job, parent, f"v{number}")
+    manifest = writer.build(number, outcome)
     progress(Progress("publishing", 0, 0, 0, 0, None, None))
     state.registry.publish(manifest, reason=f"train {job.task_id} ({job.job_id})")
-    params_added = sum(rec.params for mid, rec in manifest.modules.items()
-                       if rec.created_in == manifest.version and rec.created_by == job.task_id)
+    # New modules only: tuned replacements of shared modules do not grow the bank.
+    new_ids = {writer.ids_by_obj[id(m)] for m in fit.new_modules}
+    params_added = sum(manifest.modules[i].params for i in new_ids
+                       if parent is None or i not in parent.modules)
     log.info("job %s task %s: published %s (val acc %.3f, +%d params, replayed %s)",
              job.job_id, job.task_id, manifest.version, val_acc, params_added, fit.replayed)
     return JobResult(

@@ -150,3 +150,14 @@ def test_safm_with_lora_modules(tmp_path) -> None:
     assert fit.decisions[0]["choice"] == "new" and fit.decisions[0]["forced"]
     loaded = seq.state.bank.sync(manifest)
     assert set(loaded.tasks["colors-again"].modules[0].parts) == {"query", "value"}
+
+
+def test_retraining_a_task_may_reuse_its_own_modules(tmp_path) -> None:
+    seq = Sequence(tiny_model_layers(2), tmp_path, make_settings())
+    first, _ = seq.add("colors", keyword_rows(20), "per_task")
+    manifest, fit = seq.add("colors", keyword_rows(20, seed=2), "acm", search_epochs=0,
+                            forced_layers=[])
+    assert [d["module"] for d in fit.decisions] == first.routes["colors"].layers
+    assert fit.replayed == []
+    assert set(manifest.routes) == {"colors"}
+    assert len(manifest.modules) == 2  # tuned copies replace the originals

@@ -3,6 +3,8 @@ ACM ablation (no empty candidate, no layer-wise loss)."""
 
 from __future__ import annotations
 
+import copy
+
 import torch
 
 from worker.modules import AdapterModule
@@ -33,8 +35,10 @@ def _fit(ctx: FitContext, with_empty: bool) -> FitResult:
     run_decision(ctx, layers, candidates, head)
     route, new_modules, decisions = decide(layers, candidates)
     plan = plan_replay(ctx, route)
-    route = [plan.copies[d["module"]] if d["choice"] == "reuse" else m
-             for d, m in zip(decisions, route, strict=True)]
+    # A reused module only the retrained task itself used has no replayed owner: copy it too,
+    # so the bank's frozen original is never trained in place.
+    route = [plan.copies.setdefault(d["module"], copy.deepcopy(m)) if d["choice"] == "reuse"
+             else m for d, m in zip(decisions, route, strict=True)]
     before = {}
     if ctx.parent is not None and ctx.task_rows is not None:
         for task_id in ctx.parent.tasks:
