@@ -29,6 +29,10 @@ _RELEASE = "if redis.call('get', KEYS[1]) == ARGV[1] then " \
            "return redis.call('del', KEYS[1]) else return 0 end"
 
 
+class JobInterrupted(Exception):
+    """Raised from a progress report when the trainer is asked to stop."""
+
+
 class Trainer:
     def __init__(self, settings: Settings, stop: GracefulStop | None = None) -> None:
         self.settings = settings
@@ -87,6 +91,8 @@ class Trainer:
         return msg_id.decode(), TrainJobMessage.from_fields(fields).job_id
 
     def _report(self, job: JobRecord, p: Progress, force: bool = False) -> None:
+        if self.stop.stopping and not force:
+            raise JobInterrupted  # a training step just ended: stop here, the job is retried
         now = time.monotonic()
         # Throttle writes, but never drop a stage change or a stage's final step.
         boundary = p.stage != job.progress.stage or p.step == p.total_steps
@@ -124,6 +130,14 @@ class Trainer:
             job.result = run_train_job(self.state, job, lambda p: self._report(job, p))
             job.state = "succeeded"
             job.progress.stage = "published"
+        except JobInterrupted:
+            # Stopping mid-job: the message stays unacknowledged, so the next trainer claims
+            # it; the bank is unchanged and this attempt does not count.
+            job.state, job.attempts = "queued", job.attempts - 1
+            job.progress = JobProgress(stage="interrupted; will be retried")
+            self.registry.save_job(job)
+            log.info("job %s task %s interrupted by shutdown", job.job_id, job.task_id)
+            raise
         except AdapterdError as exc:
             log.warning("job %s task %s failed: %s", job.job_id, job.task_id, exc.message)
             job.state, job.error = "failed", f"{exc.code}: {exc.message}"
@@ -151,7 +165,10 @@ class Trainer:
                 if message is None:
                     continue
                 msg_id, job_id = message
-                self.process(job_id)
+                try:
+                    self.process(job_id)
+                except JobInterrupted:
+                    break
                 self.client.xack(self.keys.jobs_stream, TRAINER_GROUP, msg_id)
                 self.client.xdel(self.keys.jobs_stream, msg_id)
                 self.jobs_done += 1

@@ -86,7 +86,10 @@ def wait_job(registry: Registry, job_id: str, timeout_s: float,
         job = registry.job(job_id)
         return job if job.state in ("succeeded", "failed") else None
 
-    return wait_for(done, timeout_s, f"job {job_id}", procs)  # type: ignore[return-value]
+    try:
+        return wait_for(done, timeout_s, f"job {job_id}", procs)  # type: ignore[return-value]
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}\nlast record: {registry.job(job_id).to_json()}") from None
 
 
 def wait_workers(registry: Registry, kind: str, n: int, timeout_s: float,

@@ -260,3 +260,30 @@ def test_strategy_parameters_are_validated_per_upload(stack: dict) -> None:
     r = httpx.post(f"{url}/v1/tasks/colors/datasets?strategy=acm&epochs=1&forced_layers=0,1"
                    "&search_epochs=0", files={"file": ("d.jsonl", data)})
     assert r.status_code == 202, r.text
+
+
+def test_trainer_stopped_mid_job_leaves_it_to_the_next(stack_settings: Settings,
+                                                       registry: Registry,
+                                                       tmp_path: Path) -> None:
+    logs = tmp_path / "logs"
+    slow = stack_settings.model_copy(update={"safm_epochs": 40})
+    first = WorkerProcess("trainer", slow, logs)
+    api = ApiProcess(slow, logs)
+    try:
+        wait_workers(registry, "trainer", 1, 120, (first, api))
+        wait_for(lambda: httpx.get(f"{api.url}/healthz").status_code == 200, 60, "API")
+        job_id = upload(api.url, "colors", jsonl(keyword_rows(30)))["job_id"]
+        wait_for(lambda: registry.job(job_id).progress.stage == "tuning", 120, "tuning", (first,))
+        assert first.stop(timeout_s=15) == 0  # SIGTERM: stops at the next step, exits cleanly
+        job = registry.job(job_id)
+        assert job.state == "queued" and job.attempts == 0
+        assert registry.live_version() is None
+        second = WorkerProcess("trainer", slow, logs)
+        try:
+            done = wait_job(registry, job_id, 60, (second,))
+        finally:
+            second.stop()
+        assert done.state == "succeeded" and done.trainer_id != job.trainer_id
+    finally:
+        first.stop()
+        api.stop()
