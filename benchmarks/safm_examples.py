@@ -40,7 +40,7 @@ def evaluate(seq: Sequence) -> dict[str, float]:
     for task_id, runtime in loaded.tasks.items():
         val = seq.data[task_id][1]
         out[task_id] = accuracy(seq.model, runtime.modules, runtime.head, val,
-                                {lbl: i for i, lbl in enumerate(runtime.labels)})
+                                runtime.label_index)
     return out
 
 

@@ -26,6 +26,10 @@ class TaskRuntime:
     labels: list[str]
     input_kind: InputKind
 
+    @property
+    def label_index(self) -> dict[str, int]:
+        return {label: i for i, label in enumerate(self.labels)}
+
 
 @dataclass(frozen=True)
 class LoadedVersion:

@@ -48,7 +48,7 @@ def items_of(rows: Sequence[Row]) -> list[InputItem]:
     return [InputItem(text=r.text, text_pair=r.text_pair) for r in rows]
 
 
-def _param_groups(modules: Sequence[nn.Module], head: nn.Module, cfg: TrainConfig) -> list[dict]:
+def param_groups(modules: Sequence[nn.Module], head: nn.Module, cfg: TrainConfig) -> list[dict]:
     decay, no_decay = [], []
     for module in modules:
         for name, p in module.named_parameters():
@@ -75,7 +75,7 @@ def train_route(
     for module in trainable:
         module.train().requires_grad_(True)
     head.train().requires_grad_(True)
-    optimizer = torch.optim.AdamW(_param_groups(trainable, head, cfg), eps=1e-6)
+    optimizer = torch.optim.AdamW(param_groups(trainable, head, cfg), eps=1e-6)
     steps_per_epoch = math.ceil(len(rows) / cfg.batch_size)
     total = steps_per_epoch * cfg.epochs
     warmup = max(1, int(total * cfg.warmup_fraction))

@@ -13,7 +13,7 @@ from torch import nn
 from worker.bank import LoadedVersion
 from worker.modules import PARALLEL, AdapterModule
 from worker.strategies.fit import FitContext
-from worker.training import Progress, items_of
+from worker.training import Progress, items_of, param_groups
 
 EMPTY = "empty"
 NEW = "new"
@@ -103,16 +103,10 @@ def run_decision(ctx: FitContext, layers: list[LayerSearch], new_modules: list[A
     p = ctx.params
     warmup, search = p["warmup_epochs"], p["search_epochs"]
     logits = [s.logits for s in layers if s.logits is not None]
-    decay, no_decay = [], []
     for module in new_modules:
         module.train().requires_grad_(True)
-        for name, param in module.named_parameters():
-            (no_decay if name.endswith("bias") else decay).append(param)
     head.train().requires_grad_(True)
-    groups = [{"params": decay, "lr": p["learning_rate"], "weight_decay": ctx.weight_decay},
-              {"params": no_decay, "lr": p["learning_rate"], "weight_decay": 0.0},
-              {"params": list(head.parameters()), "lr": p["head_learning_rate"],
-               "weight_decay": 0.0}]
+    groups = param_groups(new_modules, head, ctx.train_config())
     if logits:  # weight decay reaches the logits too in the authors' code
         groups.append({"params": logits, "lr": p["search_learning_rate"],
                        "weight_decay": ctx.weight_decay})

@@ -47,7 +47,7 @@ def _fit(ctx: FitContext, with_empty: bool) -> FitResult:
             t = ctx.parent.tasks[task_id]
             val = ctx.task_rows(task_id)[1]
             before[task_id] = accuracy(ctx.model, t.modules, t.head, val,
-                                       {lbl: i for i, lbl in enumerate(t.labels)})
+                                       t.label_index)
     new_path = Path(ctx.task_id, route, head, ctx.label_index)
     run_tuning(ctx, new_path, plan, new_modules + list(plan.copies.values()))
     old_tasks = {}
@@ -56,7 +56,7 @@ def _fit(ctx: FitContext, with_empty: bool) -> FitResult:
         path_head = plan.paths[task_id].head if task_id in plan.paths else t.head
         val = ctx.task_rows(task_id)[1] if ctx.task_rows else []
         after = accuracy(ctx.model, new_route, path_head, val,
-                         {lbl: i for i, lbl in enumerate(t.labels)})
+                         t.label_index)
         old_tasks[task_id] = OldTaskEval(before=before.get(task_id, float("nan")), after=after)
     return FitResult(
         route=route, new_modules=new_modules, head=head, decisions=decisions,

@@ -82,7 +82,7 @@ def plan_replay(ctx: FitContext, route: list[AdapterModule | None]) -> ReplayPla
                 plan.copies[mid] = copy.deepcopy(module)
         plan.paths[task_id] = Path(
             task_id, [None if mid is None else plan.copies[mid] for mid in layer_ids],
-            copy.deepcopy(runtime.head), {lbl: i for i, lbl in enumerate(runtime.labels)})
+            copy.deepcopy(runtime.head), runtime.label_index)
     total = math.ceil(ctx.params["replay_ratio"] * len(ctx.train_rows))
     rng = random.Random(ctx.seed)
     for n, task_id in enumerate(replayed):
