@@ -10,8 +10,15 @@ from pathlib import Path
 
 from adapterd.client import Api, ApiError
 from adapterd.commands import CLIENT_COMMANDS, err
+from adapters_store.strategy_params import STRATEGY_NAMES
 
 DEFAULT_URL = "http://127.0.0.1:8000"
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from worker.continual.cli import main as continual_main  # late: torch lives in worker
+
+    return continual_main(args.bench_args)
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -54,10 +61,15 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--workers", type=int, default=1, metavar="N",
                        help="inference workers to start (default 1)")
 
+    bench = add("bench", "run a benchmark in process (needs the worker extra)")
+    bench.add_argument("benchmark", choices=("continual",))
+    bench.add_argument("bench_args", nargs=argparse.REMAINDER,
+                       help="the benchmark's own options (see: adapterd bench continual -h)")
+
     upload = add("upload", "upload a JSONL or CSV dataset for a task and enqueue training")
     upload.add_argument("task_id")
     upload.add_argument("file")
-    upload.add_argument("--strategy", default=None, choices=("safm", "acm", "per_task"),
+    upload.add_argument("--strategy", default=None, choices=STRATEGY_NAMES,
                         help="training strategy (default: the server's, safm)")
     upload.add_argument("--param", action="append", default=[], metavar="NAME=VALUE",
                         help="strategy hyperparameter, e.g. --param epochs=3 (repeatable)")
@@ -90,6 +102,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "serve":
         return cmd_serve(args)
+    if args.command == "bench":
+        return cmd_bench(args)
     try:
         with Api(args.url, args.api_key) as api:
             return CLIENT_COMMANDS[args.command](api, args)

@@ -45,7 +45,7 @@ class Settings(BaseSettings):
     keep_versions: int = Field(2, ge=1, le=64)
 
     # Trainer
-    strategy: Literal["safm", "acm", "per_task"] = "safm"
+    strategy: Literal["safm", "acm", "per_task", "seqft", "multitask"] = "safm"
     module_kind: Literal["bottleneck", "lora"] = "bottleneck"
     bottleneck_size: int = Field(48, ge=1, le=4096)
     lora_rank: int = Field(8, ge=1, le=1024)

@@ -9,8 +9,10 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from adapters_store.records import ModuleKind
 from adapters_store.settings import Settings
 
-StrategyName = Literal["safm", "acm", "per_task"]
-STRATEGY_NAMES: tuple[str, ...] = ("safm", "acm", "per_task")
+StrategyName = Literal["safm", "acm", "per_task", "seqft", "multitask"]
+STRATEGY_NAMES: tuple[str, ...] = ("safm", "acm", "per_task", "seqft", "multitask")
+# Strategies that train one plain route (no search): they share per_task's epochs and lr.
+PLAIN_STRATEGIES = ("per_task", "seqft", "multitask")
 
 
 class StrategyParams(BaseModel):
@@ -55,7 +57,7 @@ def resolve(strategy: str, overrides: dict[str, Any], settings: Settings,
         "bottleneck_size": settings.bottleneck_size, "lora_rank": settings.lora_rank,
         "lora_alpha": settings.lora_alpha, "lora_targets": sorted(settings.lora_targets),
     }
-    if strategy == "per_task":
+    if strategy in PLAIN_STRATEGIES:
         base |= {"epochs": settings.epochs, "learning_rate": settings.learning_rate}
     else:
         forced = settings.safm_forced_layers
@@ -84,6 +86,6 @@ def resolve(strategy: str, overrides: dict[str, Any], settings: Settings,
     if bad:
         raise ValueError(f"forced_layers {bad} out of range for a {num_layers}-layer base")
     params["forced_layers"] = sorted(set(params.get("forced_layers", []))) or []
-    if strategy == "per_task":
+    if strategy in PLAIN_STRATEGIES:
         params.pop("forced_layers")
     return {"strategy": strategy, **params}

@@ -5,10 +5,13 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from worker.strategies.fit import FitContext, FitResult
+from worker.strategies.multitask import fit_multitask
 from worker.strategies.per_task import fit_per_task
 from worker.strategies.safm import fit_acm, fit_safm
+from worker.strategies.seqft import fit_seqft
 
 STRATEGIES: dict[str, Callable[[FitContext], FitResult]] = {
-    "safm": fit_safm, "acm": fit_acm, "per_task": fit_per_task}
+    "safm": fit_safm, "acm": fit_acm, "per_task": fit_per_task, "seqft": fit_seqft,
+    "multitask": fit_multitask}
 
 __all__ = ["STRATEGIES", "FitContext", "FitResult"]

@@ -13,7 +13,7 @@ from adapters_store.datasets import Row
 from worker.bank import LoadedVersion
 from worker.modules import AdapterModule, module_config
 from worker.routed_model import RoutedEncoder
-from worker.training import ProgressFn, TrainConfig
+from worker.training import ProgressFn, TrainConfig, accuracy
 
 # task id -> (train rows, held-out rows) of an earlier task, split exactly as when it was trained
 TaskRows = Callable[[str], tuple[list[Row], list[Row]]]
@@ -81,3 +81,31 @@ class FitResult:
     updated_heads: dict[str, nn.Linear] = field(default_factory=dict)
     replayed: list[str] = field(default_factory=list)
     old_tasks: dict[str, OldTaskEval] = field(default_factory=dict)
+
+
+def held_out_accuracy(ctx: FitContext, task_id: str, route: list[AdapterModule | None],
+                      head: nn.Linear) -> float:
+    """An earlier task's accuracy on its stored held-out rows along ``route`` and ``head``."""
+    if ctx.parent is None or ctx.task_rows is None:
+        return float("nan")
+    rows = ctx.task_rows(task_id)[1]
+    return accuracy(ctx.model, route, head, rows, ctx.parent.tasks[task_id].label_index)
+
+
+def shared_set(ctx: FitContext, strategy: str) -> tuple[list[str], list[str]]:
+    """The one module set that earlier tasks of ``strategy`` all use (module ids per layer), and
+    those tasks; empty when there is none yet, or it was built with another module kind."""
+    parent = ctx.parent
+    if parent is None:
+        return [], []
+    manifest = parent.manifest
+    members = sorted(t for t, r in manifest.routes.items() if r.strategy == strategy
+                     and t != ctx.task_id and all(m is not None for m in r.layers))
+    if not members:
+        return [], []
+    # Each publish moves every member to the tuned set; the latest-trained member has it.
+    latest = max(members, key=lambda t: (int(manifest.routes[t].trained_in.lstrip("v")), t))
+    ids = [m for m in manifest.routes[latest].layers if m is not None]
+    if any(manifest.modules[m].kind != ctx.params["module_kind"] for m in ids):
+        return [], []
+    return ids, [t for t in members if manifest.routes[t].layers == manifest.routes[latest].layers]

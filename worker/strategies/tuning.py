@@ -107,7 +107,7 @@ def run_tuning(ctx: FitContext, new_path: Path, plan: ReplayPlan,
                trainable: list[AdapterModule]) -> list[float]:
     """Train along fixed routes; a batch of task t steps only the parameters on t's path."""
     p = ctx.params
-    bs, weight = p["batch_size"], p["layer_loss_weight"]
+    bs, weight = p["batch_size"], p.get("layer_loss_weight", 0.0)
     paths = {ctx.task_id: new_path, **plan.paths}
     params: dict[int, nn.Parameter] = {}
     for path in paths.values():

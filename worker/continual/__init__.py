@@ -1,0 +1,1 @@
+"""The continual-learning benchmark: task sequences on real data, run through the trainer's code."""

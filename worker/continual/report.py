@@ -1,0 +1,191 @@
+"""Benchmark result files: the JSON of every number, a Markdown table and PNG plots."""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import math
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+# Fields that must match for results of separate runs to share one file.
+COMPARABLE = ("sequence", "tasks", "preset", "seed", "base_model")
+# Strategies that decide per layer; their decisions get a table.
+SEARCHING = ("safm", "acm")
+
+
+def stem(sequence: str, preset: str) -> str:
+    safe = "".join(c if c.isalnum() or c in "-_" else "-" for c in sequence)[:80]
+    return f"continual-{safe}-{preset}"
+
+
+@contextmanager
+def locked(path: Path) -> Iterator[None]:
+    """Serialise read-merge-write of one result file across concurrent benchmark processes."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_suffix(".lock"), "w") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def merge(path: Path, payload: dict[str, Any]) -> dict[str, Any]:
+    """Keep results of strategies not run now from an earlier, comparable run in ``path``."""
+    if not path.is_file():
+        return payload
+    try:
+        old = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return payload
+    if any(old.get(k) != payload.get(k) for k in COMPARABLE):
+        return payload
+    results = dict(old.get("results", {}))
+    results.update(payload["results"])
+    return payload | {"results": results}
+
+
+def _fmt(v: float | None, scale: float = 100.0, signed: bool = False) -> str:
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "n/a"
+    return f"{v * scale:+.2f}" if signed else f"{v * scale:.2f}"
+
+
+def _order(results: dict[str, Any], preferred: tuple[str, ...]) -> list[str]:
+    return [s for s in preferred if s in results] + sorted(set(results) - set(preferred))
+
+
+def markdown(payload: dict[str, Any], preferred: tuple[str, ...]) -> str:
+    results = payload["results"]
+    names = _order(results, preferred)
+    per_task = results.get("per_task", {}).get("bank", {}).get("adapter_params")
+    hw = payload["hardware"]
+    lines = [
+        f"# Continual learning: `{payload['sequence']}`, preset `{payload['preset']['name']}`",
+        "",
+        f"Order: {' → '.join(payload['tasks'])}. Base {payload['base_model']}, "
+        f"{payload['preset']['settings'].get('max_length')} tokens, seed {payload['seed']}. "
+        f"Hardware: {hw.get('cpu_model', '?')} ({hw.get('cpu_count')} cores, "
+        f"{hw.get('threads')} torch threads), "
+        f"{'CUDA ' + hw['cuda_device'] if hw.get('cuda_device') else 'no GPU'}; "
+        f"torch {payload['versions'].get('torch')}. Written by `{payload['command']}`.",
+        "",
+        "Average = mean test accuracy over all tasks after the last one; BWT = mean over earlier "
+        "tasks of (final accuracy − accuracy right after learning it), in points. Adapter params "
+        "= unique module parameters in the final bank (heads not included: every strategy has "
+        "one linear head per task). Time = training wall seconds, all tasks.",
+        "",
+        "| strategy | Average | BWT | adapter params (bank) | % of per_task | per task | "
+        "heads | train s | s / task |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for s in names:
+        r = results[s]
+        bank = r["bank"].get("adapter_params", 0)
+        share = f"{100 * bank / per_task:.0f}%" if per_task else "n/a"
+        n = max(1, len(r["tasks"]))
+        lines.append(
+            f"| {s} | {_fmt(r['average'])} | {_fmt(r['bwt'], signed=True)} | {bank:,} | {share} "
+            f"| {bank // n:,} | {r['bank'].get('head_params', 0):,} | {r['train_seconds']:.0f} "
+            f"| {r['train_seconds'] / n:.0f} |")
+    lines += ["", "## Accuracy matrices (rows: after task i; columns: task j; test accuracy %)", ""]
+    for s in names:
+        r = results[s]
+        lines += [f"**{s}**", "", "| after \\ on | " + " | ".join(r["tasks"]) + " |",
+                  "|---|" + "---|" * len(r["tasks"])]
+        for i, row in enumerate(r["matrix"]):
+            cells = ["" if v is None else _fmt(v) for v in row]
+            lines.append(f"| {r['tasks'][i]} | " + " | ".join(cells) + " |")
+        lines.append("")
+    searched = [s for s in names if s in SEARCHING]
+    if searched:
+        lines += ["## Per-layer decisions", "",
+                  "E empty, R reuse (of the module first trained by the named task), N new, "
+                  "* forced layer.", ""]
+        for s in searched:
+            r = results[s]
+            layers = len(r["steps"][0]["decisions"])
+            lines += [f"**{s}**", "", "| task | " + " | ".join(f"L{i}" for i in range(layers))
+                      + " | params added | replayed |", "|---|" + "---|" * (layers + 2)]
+            for st in r["steps"]:
+                cells = [d["choice"][0].upper() + ("*" if d["forced"] else "")
+                         for d in st["decisions"]]
+                lines.append(f"| {st['task']} | " + " | ".join(cells)
+                             + f" | {st['params_added']:,} | {', '.join(st['replayed']) or '–'} |")
+            lines.append("")
+    notes = {name: d["notes"] for name, d in payload["datasets"].items() if d["notes"]}
+    if notes:
+        lines += ["## Data", ""]
+        lines += [f"- {name}: " + "; ".join(n) for name, n in notes.items()]
+        lines.append("")
+    lines += ["## Preset", "", payload["preset"]["description"], ""]
+    return "\n".join(lines)
+
+
+def plots(payload: dict[str, Any], out: Path, base: str, preferred: tuple[str, ...]) -> list[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    results = payload["results"]
+    names = _order(results, preferred)
+    tasks = payload["tasks"]
+    n = len(names)
+    fig, axes = plt.subplots(1, n, figsize=(3.2 * n + 1, 3.4), squeeze=False)
+    for ax, s in zip(axes[0], names, strict=True):
+        m = [[float("nan") if v is None else 100 * v for v in row] for row in results[s]["matrix"]]
+        im = ax.imshow(m, vmin=0, vmax=100, cmap="viridis")
+        ax.set_title(f"{s}\navg {_fmt(results[s]['average'])}, "
+                     f"BWT {_fmt(results[s]['bwt'], signed=True)}", fontsize=9)
+        ax.set_xticks(range(len(tasks)), tasks, rotation=60, fontsize=7)
+        ax.set_yticks(range(len(tasks)), tasks, fontsize=7)
+        for i, row in enumerate(m):
+            for j, v in enumerate(row):
+                if not math.isnan(v):
+                    ax.text(j, i, f"{v:.0f}", ha="center", va="center", fontsize=7,
+                            color="white" if v < 60 else "black")
+    fig.colorbar(im, ax=axes[0].tolist(), shrink=0.8, label="test accuracy %")
+    fig.suptitle(f"{payload['sequence']} ({payload['preset']['name']}): R[after i][task j]",
+                 fontsize=10)
+    matrices = out / f"{base}-matrices.png"
+    fig.savefig(matrices, dpi=110, bbox_inches="tight")
+    plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(5.5, 4))
+    for s in names:
+        x = max(1, results[s]["bank"].get("adapter_params", 0))
+        ax.scatter(x, 100 * results[s]["average"], s=40)
+        ax.annotate(s, (x, 100 * results[s]["average"]), textcoords="offset points",
+                    xytext=(5, 4), fontsize=8)
+    ax.set_xscale("log")
+    ax.set_xlabel("adapter parameters in the final bank (log)")
+    ax.set_ylabel("Average test accuracy %")
+    ax.set_title(f"{payload['sequence']} ({payload['preset']['name']}): accuracy vs parameters",
+                 fontsize=10)
+    ax.grid(True, alpha=0.3)
+    scatter = out / f"{base}-params.png"
+    fig.savefig(scatter, dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return [matrices, scatter]
+
+
+def write(payload: dict[str, Any], out: Path, preferred: tuple[str, ...],
+          with_plots: bool = True) -> dict[str, Any]:
+    """Merge with a comparable earlier file, then write JSON, Markdown and PNGs."""
+    base = stem(payload["sequence"], payload["preset"]["name"])
+    path = out / f"{base}.json"
+    with locked(path):
+        merged = merge(path, payload)
+        tmp = path.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(merged, indent=1, allow_nan=True))
+        tmp.replace(path)
+        (out / f"{base}.md").write_text(markdown(merged, preferred))
+        files = [path, out / f"{base}.md"]
+        if with_plots:
+            files += plots(merged, out, base, preferred)
+    merged["files"] = [str(f) for f in files]
+    return merged

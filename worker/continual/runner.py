@@ -1,0 +1,108 @@
+"""Runs one strategy over a task sequence with the trainer's own fit and publish code, scoring
+every task seen so far on its test split after each task (the accuracy matrix)."""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from tempfile import TemporaryDirectory
+from typing import Any
+
+import torch
+
+from adapters_store.datasets import Row
+from adapters_store.settings import Settings
+from worker.bank import TaskRuntime
+from worker.continual.metrics import average, bwt, forgetting
+from worker.continual.sequences import TaskData
+from worker.routed_model import RoutedEncoder
+from worker.sequence import Sequence
+from worker.training import Progress, predict_route
+
+# (strategy, task index, task name) -> a progress callback and a closer for that task
+ProgressFactory = Callable[[str, int, str], tuple[Callable[[Progress], None], Callable[[], None]]]
+
+
+def quiet_progress(strategy: str, index: int, task: str
+                   ) -> tuple[Callable[[Progress], None], Callable[[], None]]:
+    return (lambda p: None), (lambda: None)
+
+
+@dataclass
+class RunConfig:
+    settings: Settings
+    params: dict[str, dict[str, Any]]
+    device: torch.device
+
+
+def test_accuracy(model: RoutedEncoder, runtime: TaskRuntime, rows: list[Row]) -> float:
+    """Share of test rows whose argmax label is right; a label the head lacks counts as wrong."""
+    if not rows:
+        return float("nan")
+    predicted = predict_route(model, runtime.modules, runtime.head, rows)
+    index = runtime.label_index
+    right = sum(p == index.get(r.label, -1) for p, r in zip(predicted, rows, strict=True))
+    return right / len(rows)
+
+
+def _decisions(fit_decisions: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    keep = ("layer", "choice", "forced", "module", "weights")
+    return [{k: d.get(k) for k in keep} for d in fit_decisions]
+
+
+def run_strategy(strategy: str, tasks: list[TaskData], model: RoutedEncoder, cfg: RunConfig,
+                 progress: ProgressFactory = quiet_progress) -> dict[str, Any]:
+    n = len(tasks)
+    matrix: list[list[float | None]] = [[None] * n for _ in range(n)]
+    steps: list[dict[str, Any]] = []
+    overrides = cfg.params.get(strategy, {})
+    with TemporaryDirectory(prefix=f"adapterd-bench-{strategy}-") as tmp:
+        seq = Sequence(model, Path(tmp), cfg.settings, device=cfg.device)
+        for i, task in enumerate(tasks):
+            report, close = progress(strategy, i, task.name)
+            seq.progress = report
+            started = time.monotonic()
+            try:
+                manifest, fit = seq.add(task.name, task.train, strategy, **overrides)
+            finally:
+                close()
+            train_seconds = time.monotonic() - started
+            parent = seq.manifests[-2] if len(seq.manifests) > 1 else None
+            new_ids = {m.content_id() for m in fit.new_modules}
+            params_added = sum(manifest.modules[m].params for m in new_ids
+                               if parent is None or m not in parent.modules)
+            started = time.monotonic()
+            loaded = seq.state.bank.sync(manifest)
+            for j in range(i + 1):
+                matrix[i][j] = test_accuracy(model, loaded.tasks[tasks[j].name], tasks[j].test)
+            eval_seconds = time.monotonic() - started
+            train_rows, val_rows = seq.data[task.name]
+            val_acc = test_accuracy(model, loaded.tasks[task.name], val_rows)
+            totals = manifest.totals()
+            steps.append({
+                "task": task.name, "train_rows": len(train_rows), "val_rows": len(val_rows),
+                "test_rows": len(task.test), "val_accuracy": val_acc,
+                "train_seconds": round(train_seconds, 2), "eval_seconds": round(eval_seconds, 2),
+                "params_added": params_added, "route_params": manifest.route_params(task.name),
+                "head_params": manifest.routes[task.name].head.params,
+                "bank_adapter_params": totals["adapter_params"],
+                "bank_head_params": totals["head_params"], "bank_modules": totals["modules"],
+                "decisions": _decisions(fit.decisions), "replayed": fit.replayed,
+                "old_tasks_val": {t: {"before": e.before, "after": e.after}
+                                  for t, e in fit.old_tasks.items()},
+                "strategy_params": manifest.routes[task.name].strategy_params,
+            })
+        final = seq.live.totals() if seq.live else {}
+    result: dict[str, Any] = {
+        "strategy": strategy, "tasks": [t.name for t in tasks], "matrix": matrix,
+        "average": average(matrix), "bwt": bwt(matrix), "forgetting": forgetting(matrix),
+        "bank": final, "train_seconds": round(sum(s["train_seconds"] for s in steps), 1),
+        "eval_seconds": round(sum(s["eval_seconds"] for s in steps), 1), "steps": steps,
+    }
+    result["params_per_task"] = final.get("adapter_params", 0) / max(1, n)
+    result["nan_cells"] = sum(1 for row in matrix for v in row
+                              if v is not None and math.isnan(v))
+    return result

@@ -1,0 +1,41 @@
+"""Multi-task training, the upper bound: one fresh module set trained jointly on all tasks."""
+
+from __future__ import annotations
+
+import torch
+
+from worker.strategies.fit import FitContext, FitResult, OldTaskEval, held_out_accuracy, shared_set
+from worker.strategies.tuning import Path, ReplayPlan, run_tuning
+
+MULTITASK = "multitask"
+
+
+def fit_multitask(ctx: FitContext) -> FitResult:
+    """Re-initialise the set and every member's head, then train on all members' stored training
+    rows plus the new task's, in interleaved single-task batches (each batch steps its own head
+    and the shared set). Earlier members move to the new set and heads."""
+    torch.manual_seed(ctx.seed)
+    ids, members = shared_set(ctx, MULTITASK)
+    route = [ctx.new_module(layer) for layer in range(ctx.model.num_layers)]
+    plan = ReplayPlan(copies=dict(zip(ids, route, strict=True)) if ids else {})
+    before = {}
+    for task_id in members:
+        runtime = ctx.parent.tasks[task_id]  # type: ignore[union-attr]
+        before[task_id] = held_out_accuracy(ctx, task_id, runtime.modules, runtime.head)
+        head = torch.nn.Linear(ctx.model.base.info.hidden_size, len(runtime.labels))
+        torch.nn.init.normal_(head.weight, std=0.02)
+        torch.nn.init.zeros_(head.bias)
+        plan.paths[task_id] = Path(task_id, list(route), head.to(ctx.device),
+                                   runtime.label_index)
+        plan.rows[task_id] = list(ctx.task_rows(task_id)[0]) if ctx.task_rows else []
+    head = ctx.new_head()
+    run_tuning(ctx, Path(ctx.task_id, list(route), head, ctx.label_index), plan, route)
+    old_tasks = {t: OldTaskEval(before[t], held_out_accuracy(ctx, t, list(route),
+                                                             plan.paths[t].head))
+                 for t in members}
+    decisions = [{"layer": layer, "choice": "new", "forced": False, "module": None}
+                 for layer in range(ctx.model.num_layers)]
+    return FitResult(route=list(route), new_modules=[] if ids else list(route), head=head,
+                     decisions=decisions, updated_modules=plan.copies,
+                     updated_heads={t: p.head for t, p in plan.paths.items()},
+                     replayed=sorted(plan.paths), old_tasks=old_tasks)
