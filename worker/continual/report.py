@@ -76,11 +76,17 @@ def markdown(payload: dict[str, Any], preferred: tuple[str, ...]) -> str:
         "Average = mean test accuracy over all tasks after the last one; BWT = mean over earlier "
         "tasks of (final accuracy − accuracy right after learning it), in points. Adapter params "
         "= unique module parameters in the final bank (heads not included: every strategy has "
-        "one linear head per task). Time = training wall seconds, all tasks.",
+        "one linear head per task). Time = training wall seconds, all tasks. val = the same on "
+        "the validation rows carved from each task's train data (the only split any choice of "
+        "hyperparameters may look at).",
+        "",
+        "Test rows per task (majority-class accuracy): " + ", ".join(
+            f"{name} {d['test_rows']} ({_fmt(d.get('test_majority'))})"
+            for name, d in payload["datasets"].items()) + ".",
         "",
         "| strategy | Average | BWT | adapter params (bank) | % of per_task | per task | "
-        "heads | train s | s / task |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "heads | train s | s / task | val Average | val BWT |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for s in names:
         r = results[s]
@@ -90,7 +96,8 @@ def markdown(payload: dict[str, Any], preferred: tuple[str, ...]) -> str:
         lines.append(
             f"| {s} | {_fmt(r['average'])} | {_fmt(r['bwt'], signed=True)} | {bank:,} | {share} "
             f"| {bank // n:,} | {r['bank'].get('head_params', 0):,} | {r['train_seconds']:.0f} "
-            f"| {r['train_seconds'] / n:.0f} |")
+            f"| {r['train_seconds'] / n:.0f} | {_fmt(r.get('val_average'))} "
+            f"| {_fmt(r.get('val_bwt'), signed=True)} |")
     lines += ["", "## Accuracy matrices (rows: after task i; columns: task j; test accuracy %)", ""]
     for s in names:
         r = results[s]

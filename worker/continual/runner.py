@@ -57,6 +57,8 @@ def run_strategy(strategy: str, tasks: list[TaskData], model: RoutedEncoder, cfg
                  progress: ProgressFactory = quiet_progress) -> dict[str, Any]:
     n = len(tasks)
     matrix: list[list[float | None]] = [[None] * n for _ in range(n)]
+    # The same on each task's validation split (from its train rows): what tuning may look at.
+    val_matrix: list[list[float | None]] = [[None] * n for _ in range(n)]
     steps: list[dict[str, Any]] = []
     overrides = cfg.params.get(strategy, {})
     with TemporaryDirectory(prefix=f"adapterd-bench-{strategy}-") as tmp:
@@ -77,10 +79,12 @@ def run_strategy(strategy: str, tasks: list[TaskData], model: RoutedEncoder, cfg
             started = time.monotonic()
             loaded = seq.state.bank.sync(manifest)
             for j in range(i + 1):
-                matrix[i][j] = test_accuracy(model, loaded.tasks[tasks[j].name], tasks[j].test)
+                runtime = loaded.tasks[tasks[j].name]
+                matrix[i][j] = test_accuracy(model, runtime, tasks[j].test)
+                val_matrix[i][j] = test_accuracy(model, runtime, seq.data[tasks[j].name][1])
             eval_seconds = time.monotonic() - started
             train_rows, val_rows = seq.data[task.name]
-            val_acc = test_accuracy(model, loaded.tasks[task.name], val_rows)
+            val_acc = val_matrix[i][i]
             totals = manifest.totals()
             steps.append({
                 "task": task.name, "train_rows": len(train_rows), "val_rows": len(val_rows),
@@ -99,6 +103,7 @@ def run_strategy(strategy: str, tasks: list[TaskData], model: RoutedEncoder, cfg
     result: dict[str, Any] = {
         "strategy": strategy, "tasks": [t.name for t in tasks], "matrix": matrix,
         "average": average(matrix), "bwt": bwt(matrix), "forgetting": forgetting(matrix),
+        "val_matrix": val_matrix, "val_average": average(val_matrix), "val_bwt": bwt(val_matrix),
         "bank": final, "train_seconds": round(sum(s["train_seconds"] for s in steps), 1),
         "eval_seconds": round(sum(s["eval_seconds"] for s in steps), 1), "steps": steps,
     }

@@ -41,6 +41,14 @@ class TaskData:
     source_rows: dict[str, int]
     notes: list[str] = field(default_factory=list)
 
+    @property
+    def test_majority(self) -> float:
+        """Accuracy of always answering the most frequent test label."""
+        counts: dict[str, int] = defaultdict(int)
+        for row in self.test:
+            counts[row.label] += 1
+        return max(counts.values()) / len(self.test) if self.test else float("nan")
+
 
 def resolve_sequence(name: str) -> list[str]:
     """A named sequence, or a comma-separated list of dataset folder names."""
