@@ -167,3 +167,26 @@ def test_bad_options_fail_clearly(data_dir: Path, tmp_path: Path,
     assert "generation" in capsys.readouterr().err
     assert run_bench(data_dir, tmp_path, "--set", "batch_size=0") == 2
     assert not list(tmp_path.glob("continual-*.json"))
+
+
+def test_tagged_variants_and_other_configurations(data_dir: Path, tmp_path: Path,
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "out"
+    assert run_bench(data_dir, out, "--strategies", "per_task", "--no-plots") == 0
+    assert run_bench(data_dir, out, "--strategies", "safm", "--tag", "slr", "--no-plots",
+                     "--param", "safm:search_learning_rate=0.05") == 0
+    path = out / "continual-colors-shapes-cpu.json"
+    payload = json.loads(path.read_text())
+    assert set(payload["results"]) == {"per_task", "safm@slr"}
+    variant = payload["results"]["safm@slr"]
+    assert variant["param_overrides"] == {"search_learning_rate": "0.05"}
+    assert variant["steps"][0]["strategy_params"]["search_learning_rate"] == 0.05
+    assert "| safm@slr |" in (out / "continual-colors-shapes-cpu.md").read_text()
+    # Another configuration must not silently replace stored results.
+    before = path.read_text()
+    assert run_bench(data_dir, out, "--strategies", "per_task", "--train-cap", "20") == 2
+    assert "another configuration" in capsys.readouterr().err
+    assert path.read_text() == before
+    assert run_bench(data_dir, out, "--param", "safm:alpha=0.01") == 2  # alpha > beta violated
+    assert "alpha > beta" in capsys.readouterr().err
+    assert path.read_text() == before

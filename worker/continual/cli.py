@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import re
 import shlex
 import subprocess
 import sys
@@ -50,6 +51,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="override a preset setting (a Settings field), e.g. --set epochs=2")
     p.add_argument("--param", action="append", default=[], metavar="STRATEGY:NAME=VALUE",
                    help="a strategy hyperparameter, e.g. --param safm:search_learning_rate=0.01")
+    p.add_argument("--tag", default=None, metavar="NAME",
+                   help="store results as STRATEGY@NAME (a variant beside the default run)")
+    p.add_argument("--replace", action="store_true",
+                   help="overwrite a result file of another configuration instead of refusing")
     p.add_argument("--no-plots", action="store_true")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     return p
@@ -133,8 +138,9 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
     from adapters_store.settings import Settings
+    from adapters_store.strategy_params import resolve
     from worker.continual.presets import ALL_STRATEGIES, PRESETS
-    from worker.continual.report import write
+    from worker.continual.report import differences, read, result_path, write
     from worker.continual.runner import RunConfig, quiet_progress, run_strategy
     from worker.continual.sequences import SequenceError, load_task, resolve_sequence
     from worker.runtime import build_model
@@ -149,8 +155,12 @@ def main(argv: list[str] | None = None) -> int:
     if data_dir is None or not data_dir.is_dir():
         print("no data dir: pass --data-dir (../shared/datasets is not there)", file=sys.stderr)
         return 2
+    if args.tag is not None and not re.fullmatch(r"[a-z0-9][a-z0-9_.=-]{0,40}", args.tag):
+        print(f"--tag {args.tag!r}: use lower-case letters, digits and _.=-", file=sys.stderr)
+        return 2
     preset = PRESETS[args.preset]
     overrides = _pairs(args.set, "--set")
+    cli_params = _params(args.param)
     try:
         names = resolve_sequence(args.sequence)
         settings = Settings(**(preset.settings | overrides | {
@@ -166,13 +176,19 @@ def main(argv: list[str] | None = None) -> int:
     except SequenceError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    params = {s: preset.params.get(s, {}) | _params(args.param).get(s, {})
-              for s in set(preset.params) | set(_params(args.param))}
+    params = {s: preset.params.get(s, {}) | cli_params.get(s, {})
+              for s in set(preset.params) | set(cli_params)}
     model, device = build_model(settings)
+    try:  # a bad hyperparameter fails now, not after the strategies before it have run
+        for strategy in strategies:
+            resolve(strategy, params.get(strategy, {}), settings, model.num_layers)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     cfg = RunConfig(settings=settings, params=params, device=device)
     progress = quiet_progress if args.no_progress else tqdm_progress(len(tasks))
     preset_info = {"name": preset.name, "train_cap": train_cap, "test_cap": test_cap,
-                   "settings": preset.settings | overrides, "params": params,
+                   "settings": preset.settings | overrides, "params": preset.params,
                    "description": preset.description}
     payload_base: dict[str, Any] = {
         "sequence": args.sequence, "tasks": names, "preset": preset_info, "seed": args.seed,
@@ -184,20 +200,29 @@ def main(argv: list[str] | None = None) -> int:
         "settings": settings.model_dump(mode="json", exclude={"admin_api_keys",
                                                               "inference_api_keys"}),
         "hardware": hardware(device), "versions": versions(),
-        "command": "adapterd bench continual " + shlex.join(argv if argv is not None
-                                                            else sys.argv[1:]),
     }
+    command = "adapterd bench continual " + shlex.join(argv if argv is not None else sys.argv[1:])
+    differ = differences(read(result_path(args.out, args.sequence, preset.name)), payload_base)
+    if differ and not args.replace:
+        print(f"error: {result_path(args.out, args.sequence, preset.name)} holds results of "
+              f"another configuration (differs in {', '.join(differ)}); pass --out elsewhere "
+              "or --replace", file=sys.stderr)
+        return 2
     for strategy in strategies:
+        key = f"{strategy}@{args.tag}" if args.tag else strategy
         started = time.monotonic()
         result = run_strategy(strategy, tasks, model, cfg, progress)
-        result["wall_seconds"] = round(time.monotonic() - started, 1)
+        result |= {"wall_seconds": round(time.monotonic() - started, 1),
+                   "param_overrides": cli_params.get(strategy, {}), "command": command}
         bwt = "n/a" if result["bwt"] is None else f"{100 * result['bwt']:+.2f}"
-        print(f"{strategy:10s} Average {100 * result['average']:6.2f}  BWT {bwt:>7s}  "
+        print(f"{key:10s} Average {100 * result['average']:6.2f}  BWT {bwt:>7s}  "
               f"adapter params {result['bank'].get('adapter_params', 0):>10,}  "
               f"train {result['train_seconds']:7.0f}s", flush=True)
         payload = payload_base | {"finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ",
                                                                time.gmtime()),
-                                  "results": {strategy: result}}
-        merged = write(payload, args.out, ALL_STRATEGIES, with_plots=not args.no_plots)
+                                  "results": {key: result}}
+        merged = write(payload, args.out, ALL_STRATEGIES, with_plots=not args.no_plots,
+                       replace=args.replace)
+        args.replace = False  # the first write replaced the other configuration's file
     print("wrote " + ", ".join(merged["files"]))
     return 0

@@ -33,16 +33,28 @@ def locked(path: Path) -> Iterator[None]:
             fcntl.flock(fh, fcntl.LOCK_UN)
 
 
-def merge(path: Path, payload: dict[str, Any]) -> dict[str, Any]:
-    """Keep results of strategies not run now from an earlier, comparable run in ``path``."""
-    if not path.is_file():
-        return payload
+def read(path: Path) -> dict[str, Any] | None:
     try:
-        old = json.loads(path.read_text())
+        return json.loads(path.read_text()) if path.is_file() else None
     except (OSError, json.JSONDecodeError):
+        return None
+
+
+def differences(old: dict[str, Any] | None, payload: dict[str, Any]) -> list[str]:
+    """Fields that keep ``payload``'s results from sharing a file with ``old``'s."""
+    if old is None:
+        return []
+    return [k for k in COMPARABLE if old.get(k) != payload.get(k)]
+
+
+def merge(path: Path, payload: dict[str, Any], replace: bool = False) -> dict[str, Any]:
+    """Keep results of strategies not run now from an earlier, comparable run in ``path``."""
+    old = read(path)
+    if old is None or replace:
         return payload
-    if any(old.get(k) != payload.get(k) for k in COMPARABLE):
-        return payload
+    differ = differences(old, payload)
+    if differ:
+        raise ValueError(f"{path} holds results of another configuration ({', '.join(differ)})")
     results = dict(old.get("results", {}))
     results.update(payload["results"])
     return payload | {"results": results}
@@ -55,7 +67,13 @@ def _fmt(v: float | None, scale: float = 100.0, signed: bool = False) -> str:
 
 
 def _order(results: dict[str, Any], preferred: tuple[str, ...]) -> list[str]:
-    return [s for s in preferred if s in results] + sorted(set(results) - set(preferred))
+    """Preferred strategies first; a tagged variant (``safm@tag``) right after its strategy."""
+    def key(name: str) -> tuple[int, str, str]:
+        base, _, tag = name.partition("@")
+        rank = preferred.index(base) if base in preferred else len(preferred)
+        return rank, base, tag
+
+    return sorted(results, key=key)
 
 
 def markdown(payload: dict[str, Any], preferred: tuple[str, ...]) -> str:
@@ -71,7 +89,9 @@ def markdown(payload: dict[str, Any], preferred: tuple[str, ...]) -> str:
         f"Hardware: {hw.get('cpu_model', '?')} ({hw.get('cpu_count')} cores, "
         f"{hw.get('threads')} torch threads), "
         f"{'CUDA ' + hw['cuda_device'] if hw.get('cuda_device') else 'no GPU'}; "
-        f"torch {payload['versions'].get('torch')}. Written by `{payload['command']}`.",
+        f"torch {payload['versions'].get('torch')}. Written by: "
+        + "; ".join(f"`{c}`" for c in dict.fromkeys(
+            results[s].get("command") or payload.get("command", "?") for s in names)) + ".",
         "",
         "Average = mean test accuracy over all tasks after the last one; BWT = mean over earlier "
         "tasks of (final accuracy − accuracy right after learning it), in points. Adapter params "
@@ -107,7 +127,7 @@ def markdown(payload: dict[str, Any], preferred: tuple[str, ...]) -> str:
             cells = ["" if v is None else _fmt(v) for v in row]
             lines.append(f"| {r['tasks'][i]} | " + " | ".join(cells) + " |")
         lines.append("")
-    searched = [s for s in names if s in SEARCHING]
+    searched = [s for s in names if s.partition("@")[0] in SEARCHING]
     if searched:
         lines += ["## Per-layer decisions", "",
                   "E empty, R reuse (of the module first trained by the named task), N new, "
@@ -130,6 +150,10 @@ def markdown(payload: dict[str, Any], preferred: tuple[str, ...]) -> str:
         lines.append("")
     lines += ["## Preset", "", payload["preset"]["description"], ""]
     return "\n".join(lines)
+
+
+def result_path(out: Path, sequence: str, preset: str) -> Path:
+    return out / f"{stem(sequence, preset)}.json"
 
 
 def plots(payload: dict[str, Any], out: Path, base: str, preferred: tuple[str, ...]) -> list[Path]:
@@ -181,12 +205,12 @@ def plots(payload: dict[str, Any], out: Path, base: str, preferred: tuple[str, .
 
 
 def write(payload: dict[str, Any], out: Path, preferred: tuple[str, ...],
-          with_plots: bool = True) -> dict[str, Any]:
+          with_plots: bool = True, replace: bool = False) -> dict[str, Any]:
     """Merge with a comparable earlier file, then write JSON, Markdown and PNGs."""
     base = stem(payload["sequence"], payload["preset"]["name"])
-    path = out / f"{base}.json"
+    path = result_path(out, payload["sequence"], payload["preset"]["name"])
     with locked(path):
-        merged = merge(path, payload)
+        merged = merge(path, payload, replace)
         tmp = path.with_suffix(".json.tmp")
         tmp.write_text(json.dumps(merged, indent=1, allow_nan=True))
         tmp.replace(path)
