@@ -196,7 +196,8 @@ def main(argv: list[str] | None = None) -> int:
         "datasets": {t.name: {"labels": t.labels, "input_kind": t.input_kind,
                               "source_rows": t.source_rows, "train_rows": len(t.train),
                               "test_rows": len(t.test), "test_majority": t.test_majority,
-                              "notes": t.notes} for t in tasks},
+                              "notes": t.notes, "source_notes": t.source_notes}
+                     for t in tasks},
         "settings": settings.model_dump(mode="json", exclude={"admin_api_keys",
                                                               "inference_api_keys"}),
         "hardware": hardware(device), "versions": versions(),

@@ -40,6 +40,7 @@ class TaskData:
     input_kind: str
     source_rows: dict[str, int]
     notes: list[str] = field(default_factory=list)
+    source_notes: str = ""  # SOURCE.json's provenance and sampling notes, when present
 
     @property
     def test_majority(self) -> float:
@@ -156,6 +157,10 @@ def load_task(data_dir: Path, name: str, train_cap: int | None, test_cap: int | 
         notes.append(f"train capped at {train_cap} of {source['train']} rows (stratified)")
     if test_cap is not None and source["test"] > test_cap:
         notes.append(f"test capped at {test_cap} of {source['test']} rows (stratified)")
+    try:
+        source_notes = str(json.loads((folder / "SOURCE.json").read_text()).get("notes", ""))
+    except (OSError, ValueError, AttributeError):
+        source_notes = ""
     return TaskData(name=name, train=train, test=test, labels=labels,
                     input_kind="pair" if kinds.pop() else "single", source_rows=source,
-                    notes=notes)
+                    notes=notes, source_notes=source_notes)
