@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from worker.continual.metrics import average, bwt, forgetting
+from worker.continual.metrics import average, average_se, bwt, forgetting
 
 
 def test_average_and_bwt_of_a_hand_made_matrix() -> None:
@@ -32,3 +32,11 @@ def test_single_task_has_no_bwt() -> None:
 def test_malformed_matrices_are_rejected(bad: list) -> None:
     with pytest.raises(ValueError):
         average(bad)
+
+
+def test_average_standard_error() -> None:
+    r = [[0.5, None], [0.5, 0.9]]
+    # sqrt(0.25/100 + 0.09/100) / 2
+    assert average_se(r, [100, 100]) == pytest.approx((0.0025 + 0.0009) ** 0.5 / 2)
+    with pytest.raises(ValueError):
+        average_se(r, [100])

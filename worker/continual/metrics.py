@@ -39,3 +39,13 @@ def forgetting(r: Matrix) -> list[float]:
     n = _check(r)
     return [max(r[i][j] for i in range(j, n)) - r[n - 1][j]  # type: ignore[type-var, operator]
             for j in range(n)]
+
+
+def average_se(r: Matrix, test_rows: Sequence[int]) -> float:
+    """Binomial standard error of ``average``: each final score is a share of its task's test
+    rows, so differences well under two of these are noise, not method."""
+    n = _check(r)
+    if len(test_rows) != n or any(k <= 0 for k in test_rows):
+        raise ValueError("need a positive test-row count per task")
+    var = sum(r[n - 1][j] * (1 - r[n - 1][j]) / test_rows[j] for j in range(n))  # type: ignore[operator]
+    return var ** 0.5 / n

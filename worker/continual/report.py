@@ -10,6 +10,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from worker.continual.metrics import average_se
+
 # Fields that must match for results of separate runs to share one file.
 COMPARABLE = ("sequence", "tasks", "preset", "seed", "base_model")
 # Strategies that decide per layer; their decisions get a table.
@@ -98,23 +100,26 @@ def markdown(payload: dict[str, Any], preferred: tuple[str, ...]) -> str:
         "= unique module parameters in the final bank (heads not included: every strategy has "
         "one linear head per task). Time = training wall seconds, all tasks. val = the same on "
         "the validation rows carved from each task's train data (the only split any choice of "
-        "hyperparameters may look at).",
+        "hyperparameters may look at). SE = binomial standard error of Average from the test-set "
+        "sizes: gaps under about 2 SE are within noise.",
         "",
         "Test rows per task (majority-class accuracy): " + ", ".join(
             f"{name} {d['test_rows']} ({_fmt(d.get('test_majority'))})"
             for name, d in payload["datasets"].items()) + ".",
         "",
-        "| strategy | Average | BWT | adapter params (bank) | % of per_task | per task | "
+        "| strategy | Average | ± SE | BWT | adapter params (bank) | % of per_task | per task | "
         "heads | train s | s / task | val Average | val BWT |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
+    rows = [payload["datasets"][t]["test_rows"] for t in payload["tasks"]]
     for s in names:
         r = results[s]
         bank = r["bank"].get("adapter_params", 0)
         share = f"{100 * bank / per_task:.0f}%" if per_task else "n/a"
         n = max(1, len(r["tasks"]))
         lines.append(
-            f"| {s} | {_fmt(r['average'])} | {_fmt(r['bwt'], signed=True)} | {bank:,} | {share} "
+            f"| {s} | {_fmt(r['average'])} | {_fmt(average_se(r['matrix'], rows))} "
+            f"| {_fmt(r['bwt'], signed=True)} | {bank:,} | {share} "
             f"| {bank // n:,} | {r['bank'].get('head_params', 0):,} | {r['train_seconds']:.0f} "
             f"| {r['train_seconds'] / n:.0f} | {_fmt(r.get('val_average'))} "
             f"| {_fmt(r.get('val_bwt'), signed=True)} |")
