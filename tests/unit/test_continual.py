@@ -181,7 +181,13 @@ def test_tagged_variants_and_other_configurations(data_dir: Path, tmp_path: Path
     variant = payload["results"]["safm@slr"]
     assert variant["param_overrides"] == {"search_learning_rate": "0.05"}
     assert variant["steps"][0]["strategy_params"]["search_learning_rate"] == 0.05
-    assert "| safm@slr |" in (out / "continual-colors-shapes-cpu.md").read_text()
+    md = out / "continual-colors-shapes-cpu.md"
+    assert "| safm@slr |" in md.read_text()
+    md.unlink()
+    assert run_bench(data_dir, out, "--report-only") == 0  # re-rendered from the JSON alone
+    assert "| safm@slr |" in md.read_text() and (out / "continual-colors-shapes-cpu-params.png"
+                                                 ).is_file()
+    assert run_bench(data_dir, tmp_path / "empty", "--report-only") == 2
     # Another configuration must not silently replace stored results.
     before = path.read_text()
     assert run_bench(data_dir, out, "--strategies", "per_task", "--train-cap", "20") == 2

@@ -55,6 +55,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="store results as STRATEGY@NAME (a variant beside the default run)")
     p.add_argument("--replace", action="store_true",
                    help="overwrite a result file of another configuration instead of refusing")
+    p.add_argument("--report-only", action="store_true",
+                   help="re-write the Markdown and plots from the stored JSON; train nothing")
     p.add_argument("--no-plots", action="store_true")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     return p
@@ -140,12 +142,21 @@ def main(argv: list[str] | None = None) -> int:
     from adapters_store.settings import Settings
     from adapters_store.strategy_params import resolve
     from worker.continual.presets import ALL_STRATEGIES, PRESETS
-    from worker.continual.report import differences, read, result_path, write
+    from worker.continual.report import differences, read, render, result_path, write
     from worker.continual.runner import RunConfig, quiet_progress, run_strategy
     from worker.continual.sequences import SequenceError, load_task, resolve_sequence
     from worker.runtime import build_model
     from worker.strategies import STRATEGIES
 
+    if args.report_only:
+        path = result_path(args.out, args.sequence, args.preset)
+        try:
+            files = render(path, ALL_STRATEGIES, with_plots=not args.no_plots)
+        except ValueError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        print("wrote " + ", ".join(map(str, files)))
+        return 0
     strategies = [s.strip() for s in args.strategies.split(",") if s.strip()]
     unknown = [s for s in strategies if s not in STRATEGIES]
     if unknown or not strategies:

@@ -172,13 +172,16 @@ def plots(payload: dict[str, Any], out: Path, base: str, preferred: tuple[str, .
     tasks = payload["tasks"]
     n = len(names)
     fig, axes = plt.subplots(1, n, figsize=(3.2 * n + 1, 3.4), squeeze=False)
-    for ax, s in zip(axes[0], names, strict=True):
+    for k, (ax, s) in enumerate(zip(axes[0], names, strict=True)):
         m = [[float("nan") if v is None else 100 * v for v in row] for row in results[s]["matrix"]]
         im = ax.imshow(m, vmin=0, vmax=100, cmap="viridis")
         ax.set_title(f"{s}\navg {_fmt(results[s]['average'])}, "
                      f"BWT {_fmt(results[s]['bwt'], signed=True)}", fontsize=9)
         ax.set_xticks(range(len(tasks)), tasks, rotation=60, fontsize=7)
-        ax.set_yticks(range(len(tasks)), tasks, fontsize=7)
+        # Row labels once, on the left: the panels sit too close for their own.
+        ax.set_yticks(range(len(tasks)), tasks if k == 0 else [], fontsize=7)
+        if k == 0:
+            ax.set_ylabel("after training task", fontsize=8)
         for i, row in enumerate(m):
             for j, v in enumerate(row):
                 if not math.isnan(v):
@@ -207,6 +210,20 @@ def plots(payload: dict[str, Any], out: Path, base: str, preferred: tuple[str, .
     fig.savefig(scatter, dpi=110, bbox_inches="tight")
     plt.close(fig)
     return [matrices, scatter]
+
+
+def render(path: Path, preferred: tuple[str, ...], with_plots: bool = True) -> list[Path]:
+    """Re-write the Markdown and PNGs of an existing result file (no training)."""
+    with locked(path):
+        payload = read(path)
+        if payload is None:
+            raise ValueError(f"no readable result file at {path}")
+        base = path.stem
+        (path.parent / f"{base}.md").write_text(markdown(payload, preferred))
+        files = [path.parent / f"{base}.md"]
+        if with_plots:
+            files += plots(payload, path.parent, base, preferred)
+    return files
 
 
 def write(payload: dict[str, Any], out: Path, preferred: tuple[str, ...],
