@@ -196,3 +196,14 @@ def test_tagged_variants_and_other_configurations(data_dir: Path, tmp_path: Path
     assert run_bench(data_dir, out, "--param", "safm:alpha=0.01") == 2  # alpha > beta violated
     assert "alpha > beta" in capsys.readouterr().err
     assert path.read_text() == before
+
+
+def test_result_files_compare_on_what_ran() -> None:
+    from worker.continual.report import differences
+
+    a = {"sequence": "s", "tasks": ["x"], "seed": 1, "base_model": "b",
+         "preset": {"name": "cpu", "train_cap": 10, "description": "old words"}}
+    assert differences(None, a) == []
+    assert differences(a, a | {"preset": a["preset"] | {"description": "new words"}}) == []
+    assert differences(a, a | {"preset": a["preset"] | {"train_cap": 20}}) == ["preset"]
+    assert differences(a, a | {"seed": 2}) == ["seed"]

@@ -34,10 +34,12 @@ PRESETS: dict[str, Preset] = {
             "800 train rows (stratified; 15% of them held out as the validation split the "
             "strategies use), 400 test rows (stratified), 128 tokens, batch 16. One adapter lr "
             "(1e-3) for every strategy so that they differ by method only; per_task/seqft/"
-            "multitask 3 epochs; safm/acm 2 warm-up + 2 search + 3 tuning epochs. At ~170 "
-            "search steps x 1e-3 the logits can move about as far as in the paper's ~2k steps "
-            "x 1.75e-4 (methods.md 1.3). Every other SAFM/ACM value is the paper's (alpha 0.11,"
-            " beta 0.08, entropy 0.01, layer loss 0.4, replay 0.2, middle layer forced)."),
+            "multitask 3 epochs; safm/acm 2 warm-up + 2 search + 3 tuning epochs. In ~86 "
+            "search steps x 1e-3 a logit moves at most ~0.09, under a quarter of the paper's "
+            "~2k steps x 1.75e-4 (methods.md 1.3), so decisions stay near their initial bias "
+            "(findings: docs/benchmarks/continual-olora1-findings.md). Every other SAFM/ACM "
+            "value is the paper's (alpha 0.11, beta 0.08, entropy 0.01, layer loss 0.4, "
+            "replay 0.2, middle layer forced)."),
     ),
     "paper": Preset(
         name="paper", train_cap=None, test_cap=None,

@@ -46,7 +46,13 @@ def differences(old: dict[str, Any] | None, payload: dict[str, Any]) -> list[str
     """Fields that keep ``payload``'s results from sharing a file with ``old``'s."""
     if old is None:
         return []
-    return [k for k in COMPARABLE if old.get(k) != payload.get(k)]
+
+    def key(d: dict[str, Any], k: str) -> Any:  # noqa: ANN401 - any JSON value
+        # A reworded preset description does not change what ran.
+        v = d.get(k)
+        return {n: x for n, x in v.items() if n != "description"} if k == "preset" else v
+
+    return [k for k in COMPARABLE if key(old, k) != key(payload, k)]
 
 
 def merge(path: Path, payload: dict[str, Any], replace: bool = False) -> dict[str, Any]:
