@@ -9,9 +9,8 @@ import torch
 
 from worker.modules import AdapterModule
 from worker.strategies.decision import build_search, decide, run_decision
-from worker.strategies.fit import FitContext, FitResult, OldTaskEval
+from worker.strategies.fit import FitContext, FitResult, OldTaskEval, held_out_accuracy
 from worker.strategies.tuning import Path, plan_replay, run_tuning
-from worker.training import accuracy
 
 
 def _affected_routes(ctx: FitContext, copies: dict[str, AdapterModule]
@@ -41,22 +40,16 @@ def _fit(ctx: FitContext, with_empty: bool) -> FitResult:
              else m for d, m in zip(decisions, route, strict=True)]
     before = {}
     if ctx.parent is not None and ctx.task_rows is not None:
-        for task_id in ctx.parent.tasks:
-            if task_id == ctx.task_id:
-                continue
-            t = ctx.parent.tasks[task_id]
-            val = ctx.task_rows(task_id)[1]
-            before[task_id] = accuracy(ctx.model, t.modules, t.head, val,
-                                       t.label_index)
+        for task_id, t in ctx.parent.tasks.items():
+            if task_id != ctx.task_id:
+                before[task_id] = held_out_accuracy(ctx, task_id, t.modules, t.head)
     new_path = Path(ctx.task_id, route, head, ctx.label_index)
     run_tuning(ctx, new_path, plan, new_modules + list(plan.copies.values()))
     old_tasks = {}
     for task_id, new_route in _affected_routes(ctx, plan.copies).items():
         t = ctx.parent.tasks[task_id]
         path_head = plan.paths[task_id].head if task_id in plan.paths else t.head
-        val = ctx.task_rows(task_id)[1] if ctx.task_rows else []
-        after = accuracy(ctx.model, new_route, path_head, val,
-                         t.label_index)
+        after = held_out_accuracy(ctx, task_id, new_route, path_head)
         old_tasks[task_id] = OldTaskEval(before=before.get(task_id, float("nan")), after=after)
     return FitResult(
         route=route, new_modules=new_modules, head=head, decisions=decisions,
