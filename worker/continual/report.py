@@ -205,7 +205,8 @@ def plots(payload: dict[str, Any], out: Path, base: str, preferred: tuple[str, .
         params = results[s]["bank"].get("adapter_params", 0)
         x = max(1, params)  # log axis: a bank without modules is drawn at 1
         ax.scatter(x, 100 * results[s]["average"], s=40)
-        ax.annotate(s if params else f"{s} (0 params)", (x, 100 * results[s]["average"]), textcoords="offset points",
+        label = s if params else f"{s} (0 params)"
+        ax.annotate(label, (x, 100 * results[s]["average"]), textcoords="offset points",
                     xytext=(5, 4), fontsize=8)
     ax.set_xscale("log")
     ax.set_xlabel("adapter parameters in the final bank (log)")
