@@ -214,12 +214,14 @@ def main(argv: list[str] | None = None) -> int:
         "hardware": hardware(device), "versions": versions(),
     }
     command = "adapterd bench continual " + shlex.join(argv if argv is not None else sys.argv[1:])
-    differ = differences(read(result_path(args.out, args.sequence, preset.name)), payload_base)
+    path = result_path(args.out, args.sequence, preset.name)
+    differ = differences(read(path), payload_base)
     if differ and not args.replace:
-        print(f"error: {result_path(args.out, args.sequence, preset.name)} holds results of "
+        print(f"error: {path} holds results of "
               f"another configuration (differs in {', '.join(differ)}); pass --out elsewhere "
               "or --replace", file=sys.stderr)
         return 2
+    replace = args.replace  # only the first write replaces the other configuration's file
     for strategy in strategies:
         key = f"{strategy}@{args.tag}" if args.tag else strategy
         started = time.monotonic()
@@ -234,7 +236,7 @@ def main(argv: list[str] | None = None) -> int:
                                                                time.gmtime()),
                                   "results": {key: result}}
         merged = write(payload, args.out, ALL_STRATEGIES, with_plots=not args.no_plots,
-                       replace=args.replace)
-        args.replace = False  # the first write replaced the other configuration's file
+                       replace=replace)
+        replace = False
     print("wrote " + ", ".join(merged["files"]))
     return 0

@@ -13,14 +13,12 @@ from typing import Any
 
 import torch
 
-from adapters_store.datasets import Row
 from adapters_store.settings import Settings
-from worker.bank import TaskRuntime
 from worker.continual.metrics import average, bwt, forgetting
 from worker.continual.sequences import TaskData
 from worker.routed_model import RoutedEncoder
 from worker.sequence import Sequence
-from worker.training import Progress, predict_route
+from worker.training import Progress, accuracy
 
 # (strategy, task index, task name) -> a progress callback and a closer for that task
 ProgressFactory = Callable[[str, int, str], tuple[Callable[[Progress], None], Callable[[], None]]]
@@ -36,16 +34,6 @@ class RunConfig:
     settings: Settings
     params: dict[str, dict[str, Any]]
     device: torch.device
-
-
-def test_accuracy(model: RoutedEncoder, runtime: TaskRuntime, rows: list[Row]) -> float:
-    """Share of test rows whose argmax label is right; a label the head lacks counts as wrong."""
-    if not rows:
-        return float("nan")
-    predicted = predict_route(model, runtime.modules, runtime.head, rows)
-    index = runtime.label_index
-    right = sum(p == index.get(r.label, -1) for p, r in zip(predicted, rows, strict=True))
-    return right / len(rows)
 
 
 def _decisions(fit_decisions: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -79,9 +67,9 @@ def run_strategy(strategy: str, tasks: list[TaskData], model: RoutedEncoder, cfg
             started = time.monotonic()
             loaded = seq.state.bank.sync(manifest)
             for j in range(i + 1):
-                runtime = loaded.tasks[tasks[j].name]
-                matrix[i][j] = test_accuracy(model, runtime, tasks[j].test)
-                val_matrix[i][j] = test_accuracy(model, runtime, seq.data[tasks[j].name][1])
+                t = loaded.tasks[tasks[j].name]
+                for m, rows in ((matrix, tasks[j].test), (val_matrix, seq.data[tasks[j].name][1])):
+                    m[i][j] = accuracy(model, t.modules, t.head, rows, t.label_index)
             eval_seconds = time.monotonic() - started
             train_rows, val_rows = seq.data[task.name]
             val_acc = val_matrix[i][i]

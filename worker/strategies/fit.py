@@ -54,8 +54,10 @@ class FitContext:
         module = AdapterModule(self.params["module_kind"], layer, self.module_config())
         return module.to(self.device)
 
-    def new_head(self) -> nn.Linear:
-        head = nn.Linear(self.model.base.info.hidden_size, len(self.labels))
+    def new_head(self, num_labels: int | None = None) -> nn.Linear:
+        """A fresh head for this task's labels, or for ``num_labels`` (an earlier task's)."""
+        head = nn.Linear(self.model.base.info.hidden_size,
+                         len(self.labels) if num_labels is None else num_labels)
         nn.init.normal_(head.weight, std=0.02)
         nn.init.zeros_(head.bias)
         return head.to(self.device)

@@ -22,10 +22,7 @@ def fit_multitask(ctx: FitContext) -> FitResult:
     for task_id in members:
         runtime = ctx.parent.tasks[task_id]  # type: ignore[union-attr]
         before[task_id] = held_out_accuracy(ctx, task_id, runtime.modules, runtime.head)
-        head = torch.nn.Linear(ctx.model.base.info.hidden_size, len(runtime.labels))
-        torch.nn.init.normal_(head.weight, std=0.02)
-        torch.nn.init.zeros_(head.bias)
-        plan.paths[task_id] = Path(task_id, list(route), head.to(ctx.device),
+        plan.paths[task_id] = Path(task_id, list(route), ctx.new_head(len(runtime.labels)),
                                    runtime.label_index)
         plan.rows[task_id] = list(ctx.task_rows(task_id)[0]) if ctx.task_rows else []
     head = ctx.new_head()
