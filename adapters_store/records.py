@@ -3,14 +3,30 @@
 from __future__ import annotations
 
 import time
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
+
+from adapters_store.module_config import CONFIG_TYPES, ModuleConfig, ModuleKind
+from adapters_store.strategy_params import (
+    StrategyName,
+    StrategyOverrides,
+    TrainParams,
+)
+
+__all__ = ["ModuleKind", "StrategyName"]
 
 TASK_ID_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,63}$"
-ModuleKind = Literal["bottleneck", "lora"]
 InputKind = Literal["single", "pair"]
 JobState = Literal["queued", "running", "succeeded", "failed"]
+
+
+def _none_if_empty(value: Any) -> Any:
+    return None if value == {} else value
+
+
+# Records written before params were typed may hold {} where no params were recorded.
+OptionalParams = Annotated[TrainParams | None, BeforeValidator(_none_if_empty)]
 
 
 class Record(BaseModel):
@@ -31,10 +47,38 @@ class ModuleRecord(Record):
     kind: ModuleKind
     layer: int = Field(ge=0)
     params: int = Field(ge=0)
-    config: dict[str, Any]
+    config: ModuleConfig
     blob: str
     created_by: str
     created_in: str
+
+    @model_validator(mode="before")
+    @classmethod
+    def _config_of_kind(cls, data: Any) -> Any:
+        # The kind says which config type applies; a union guess could pick the wrong one.
+        if isinstance(data, dict) and isinstance(data.get("config"), dict) \
+                and data.get("kind") in CONFIG_TYPES:
+            data = dict(data, config=CONFIG_TYPES[data["kind"]].model_validate(data["config"]))
+        return data
+
+
+class LayerDecision(Record):
+    """What a strategy chose at one layer for a task's route, and (for a search) why."""
+
+    layer: int = Field(ge=0)
+    choice: Literal["empty", "reuse", "new"]
+    forced: bool = False
+    module: str | None = Field(None, description="the reused module's id")
+    weights: dict[str, float] = Field(default_factory=dict,
+                                      description="final softmax weight per candidate")
+    logits: list[float] = Field(default_factory=list)
+
+
+class OldTaskEval(Record):
+    """An earlier task's held-out accuracy before and after a job changed its path."""
+
+    before: float
+    after: float
 
 
 class HeadRecord(Record):
@@ -58,13 +102,14 @@ class Route(Record):
     trained_in: str
     full_route_params: int = Field(ge=0, description="params of one new module at every layer")
     metrics: dict[str, float] = Field(default_factory=dict)
-    strategy_params: dict[str, Any] = Field(default_factory=dict)
-    decisions: list[dict[str, Any]] = Field(default_factory=list)
+    strategy_params: OptionalParams = None
+    decisions: list[LayerDecision] = Field(default_factory=list)
 
 
 class BaseModelInfo(Record):
     name: str
     fingerprint: str
+    family: str = Field("bert", description="model_type family (worker/model_families.py)")
     num_layers: int = Field(ge=1)
     hidden_size: int = Field(ge=1)
 
@@ -79,7 +124,7 @@ class BankManifest(Record):
     modules: dict[str, ModuleRecord]
     routes: dict[str, Route]
     strategy: str
-    strategy_params: dict[str, Any] = Field(default_factory=dict)
+    strategy_params: OptionalParams = None
     created_at: float = Field(default_factory=time.time)
     note: str = ""
 
@@ -120,11 +165,16 @@ class DatasetRecord(Record):
 
 
 class JobProgress(Record):
+    """Where a job is: its current stage, and steps, fraction and ETA over the whole job."""
+
     stage: str = "queued"
-    epoch: int = 0
-    epochs: int = 0
-    step: int = 0
-    total_steps: int = 0
+    epoch: int = Field(0, description="epoch within the current stage")
+    epochs: int = Field(0, description="epochs of the current stage")
+    step: int = Field(0, description="training steps done, all stages")
+    total_steps: int = Field(0, description="training steps planned, all stages")
+    stage_step: int = 0
+    stage_steps: int = 0
+    fraction: float = Field(0.0, ge=0, le=1, description="of the whole job's training steps")
     loss: float | None = None
     eta_s: float | None = None
     updated_at: float = Field(default_factory=time.time)
@@ -140,19 +190,19 @@ class JobResult(Record):
     majority_baseline: float
     train_seconds: float
     layers: list[str | None]
-    decisions: list[dict[str, Any]] = Field(default_factory=list)
+    decisions: list[LayerDecision] = Field(default_factory=list)
     replayed: list[str] = Field(default_factory=list)
-    old_tasks: dict[str, dict[str, float]] = Field(
+    old_tasks: dict[str, OldTaskEval] = Field(
         default_factory=dict, description="held-out accuracy before/after of affected tasks")
-    strategy_params: dict[str, Any] = Field(default_factory=dict)
+    strategy_params: OptionalParams = None
 
 
 class JobRecord(Record):
     job_id: str
     task_id: str = Field(pattern=TASK_ID_PATTERN)
     dataset_id: str
-    strategy: str
-    params: dict[str, Any] = Field(default_factory=dict)
+    strategy: StrategyName
+    params: StrategyOverrides = Field(default_factory=StrategyOverrides)
     state: JobState = "queued"
     attempts: int = 0
     trainer_id: str | None = None

@@ -11,6 +11,7 @@ import redis
 from adapters_store.errors import Conflict, NotFound
 from adapters_store.keys import INFERENCE_GROUP, TRAINER_GROUP, Keys
 from adapters_store.records import BankManifest, DatasetRecord, JobRecord, TaskRecord
+from adapters_store.strategy_params import StrategyName, StrategyOverrides
 from adapters_store.streams import Heartbeat, TrainJobMessage
 
 
@@ -128,7 +129,8 @@ class Registry:
     def save_job(self, job: JobRecord) -> None:
         self.r.set(self.keys.job(job.job_id), job.to_json())
 
-    def submit(self, dataset: DatasetRecord, strategy: str, params: dict) -> JobRecord:
+    def submit(self, dataset: DatasetRecord, strategy: StrategyName,
+               params: StrategyOverrides) -> JobRecord:
         """Record a validated dataset and enqueue its training job in one transaction."""
         job = JobRecord(job_id="job_" + uuid.uuid4().hex[:16], task_id=dataset.task_id,
                         dataset_id=dataset.id, strategy=strategy, params=params)

@@ -8,6 +8,9 @@ from typing import Literal
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from adapters_store.module_config import ModuleKind
+from adapters_store.strategy_params import LoraTarget, StrategyName
+
 
 class Settings(BaseSettings):
     """All knobs, read from ``ADAPTERD_*`` environment variables (or passed in tests)."""
@@ -45,12 +48,13 @@ class Settings(BaseSettings):
     keep_versions: int = Field(2, ge=1, le=64)
 
     # Trainer
-    strategy: Literal["safm", "acm", "per_task", "seqft", "multitask"] = "safm"
-    module_kind: Literal["bottleneck", "lora"] = "bottleneck"
+    strategy: StrategyName = "safm"
+    module_kind: ModuleKind = "bottleneck"
     bottleneck_size: int = Field(48, ge=1, le=4096)
     lora_rank: int = Field(8, ge=1, le=1024)
     lora_alpha: float = Field(16.0, gt=0)
-    lora_targets: list[str] = Field(default_factory=lambda: ["query", "value"])
+    lora_targets: list[LoraTarget] = Field(default_factory=lambda: ["query", "value"],
+                                           min_length=1)
     epochs: int = Field(4, ge=1, le=100)
     batch_size: int = Field(16, ge=1, le=1024)
     learning_rate: float = Field(1e-3, gt=0, le=1.0)

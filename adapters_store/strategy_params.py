@@ -1,21 +1,32 @@
-"""Per-upload strategy hyperparameters: validated ranges here, server defaults in Settings."""
+"""Per-upload strategy hyperparameters: the upload's overrides, the resolved typed params per
+strategy (validated ranges here, server defaults in Settings), and the strategy names."""
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal, get_args
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, model_serializer, model_validator
 
-from adapters_store.records import ModuleKind
-from adapters_store.settings import Settings
+from adapters_store.module_config import (
+    BottleneckConfig,
+    LoraConfig,
+    ModuleConfig,
+    ModuleKind,
+)
 
+if TYPE_CHECKING:
+    from adapters_store.settings import Settings
+
+# The one list of strategy names: Settings, the API, the CLI and the trainer all read it.
 StrategyName = Literal["safm", "acm", "per_task", "seqft", "multitask"]
-STRATEGY_NAMES: tuple[str, ...] = ("safm", "acm", "per_task", "seqft", "multitask")
-# Strategies that train one plain route (no search): they share per_task's epochs and lr.
-PLAIN_STRATEGIES = ("per_task", "seqft", "multitask")
+STRATEGY_NAMES: tuple[str, ...] = get_args(StrategyName)
+PlainStrategy = Literal["per_task", "seqft", "multitask"]
+SearchStrategy = Literal["safm", "acm"]
+PLAIN_STRATEGIES: tuple[str, ...] = get_args(PlainStrategy)
+LoraTarget = Literal["query", "key", "value"]
 
 
-class StrategyParams(BaseModel):
+class StrategyOverrides(BaseModel):
     """What an upload may override; ``None`` means the server default for the chosen strategy."""
 
     model_config = ConfigDict(extra="forbid")
@@ -38,24 +49,101 @@ class StrategyParams(BaseModel):
     forced_layers: list[int] | None = Field(None, max_length=256)
 
     @model_validator(mode="after")
-    def _layers_non_negative(self) -> StrategyParams:
+    def _layers_non_negative(self) -> StrategyOverrides:
         if self.forced_layers is not None and any(i < 0 for i in self.forced_layers):
             raise ValueError("forced_layers must be layer indexes >= 0")
         return self
 
-    def overrides(self) -> dict[str, Any]:
-        return self.model_dump(exclude_none=True)
+    @model_serializer(mode="wrap")
+    def _given_only(self, handler: Any) -> dict[str, Any]:
+        # A job shows what the upload gave, not sixteen nulls.
+        return {k: v for k, v in handler(self).items() if v is not None}
+
+    def given(self) -> set[str]:
+        return {k for k, v in self if v is not None}
 
 
-def resolve(strategy: str, overrides: dict[str, Any], settings: Settings,
-            num_layers: int) -> dict[str, Any]:
-    """Server defaults for ``strategy`` with the upload's overrides applied and checked."""
-    given = StrategyParams.model_validate(overrides).overrides()
+class _Params(BaseModel):
+    """Resolved hyperparameters every strategy has: the module it trains and how."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    module_kind: ModuleKind
+    epochs: int = Field(ge=1, le=100)
+    batch_size: int = Field(ge=1, le=1024)
+    learning_rate: float = Field(gt=0, le=1.0)
+    head_learning_rate: float = Field(gt=0, le=1.0)
+    # Older manifests predate these two being recorded: their defaults are what ran then.
+    weight_decay: float = Field(0.01, ge=0, le=1.0)
+    bottleneck_size: int = Field(ge=1, le=4096)
+    lora_rank: int = Field(ge=1, le=1024)
+    lora_alpha: float = Field(gt=0)
+    lora_targets: list[LoraTarget] = Field(min_length=1)
+
+    def module_config(self, hidden: int) -> ModuleConfig:
+        if self.module_kind == "bottleneck":
+            return BottleneckConfig(hidden=hidden, size=self.bottleneck_size)
+        return LoraConfig(hidden=hidden, rank=self.lora_rank, alpha=self.lora_alpha,
+                          targets=sorted(self.lora_targets))
+
+
+class PlainParams(_Params):
+    """per_task, seqft, multitask: one plain route trained, no search."""
+
+    strategy: PlainStrategy
+
+
+class SearchParams(_Params):
+    """safm and its acm ablation: decision stage (warm-up, search) then replay-tuned route."""
+
+    strategy: SearchStrategy
+    warmup_epochs: int = Field(ge=0, le=50)
+    search_epochs: int = Field(ge=0, le=50)
+    alpha: float = Field(ge=-10, le=10)
+    beta: float = Field(ge=0, le=10)
+    entropy_coef: float = Field(ge=0, le=10)
+    search_learning_rate: float = Field(gt=0, le=1.0)
+    layer_loss_weight: float = Field(ge=0, le=10)
+    replay_ratio: float = Field(ge=0, le=10)
+    forced_layers: list[int] = Field(max_length=256)
+
+    @model_validator(mode="after")
+    def _rules(self) -> SearchParams:
+        if self.strategy == "acm" and self.layer_loss_weight != 0.0:
+            raise ValueError("acm has no layer-wise loss; layer_loss_weight must be 0")
+        if self.strategy == "safm" and not self.alpha > self.beta > 0:
+            raise ValueError("safm needs alpha > beta > 0 (empty first, then reuse, then new)")
+        if any(i < 0 for i in self.forced_layers):
+            raise ValueError("forced_layers must be layer indexes >= 0")
+        return self
+
+
+TrainParams = Annotated[PlainParams | SearchParams, Field(discriminator="strategy")]
+_TRAIN_PARAMS: TypeAdapter[PlainParams | SearchParams] = TypeAdapter(TrainParams)
+_SEARCH_ONLY = set(SearchParams.model_fields) - set(PlainParams.model_fields)
+
+
+def parse_params(data: object) -> PlainParams | SearchParams:
+    return _TRAIN_PARAMS.validate_python(data)
+
+
+def resolve(strategy: str, overrides: StrategyOverrides, settings: Settings,
+            num_layers: int) -> PlainParams | SearchParams:
+    """Server defaults for ``strategy`` with the upload's overrides applied and checked; raises
+    ValueError (pydantic's ValidationError is one) naming what is wrong."""
+    if strategy not in STRATEGY_NAMES:
+        raise ValueError(f"unknown strategy {strategy!r}; one of {list(STRATEGY_NAMES)}")
+    given = overrides.model_dump()
+    if strategy in PLAIN_STRATEGIES:
+        unknown = sorted(_SEARCH_ONLY & set(given))
+        if unknown:
+            raise ValueError(f"{unknown} do not apply to strategy {strategy!r}")
     base: dict[str, Any] = {
-        "module_kind": settings.module_kind, "batch_size": settings.batch_size,
-        "head_learning_rate": settings.head_learning_rate,
-        "bottleneck_size": settings.bottleneck_size, "lora_rank": settings.lora_rank,
-        "lora_alpha": settings.lora_alpha, "lora_targets": sorted(settings.lora_targets),
+        "strategy": strategy, "module_kind": settings.module_kind,
+        "batch_size": settings.batch_size, "head_learning_rate": settings.head_learning_rate,
+        "weight_decay": settings.weight_decay, "bottleneck_size": settings.bottleneck_size,
+        "lora_rank": settings.lora_rank, "lora_alpha": settings.lora_alpha,
+        "lora_targets": sorted(settings.lora_targets),
     }
     if strategy in PLAIN_STRATEGIES:
         base |= {"epochs": settings.epochs, "learning_rate": settings.learning_rate}
@@ -74,18 +162,10 @@ def resolve(strategy: str, overrides: dict[str, Any], settings: Settings,
             "replay_ratio": settings.safm_replay_ratio,
             "forced_layers": forced if forced is not None else [(num_layers - 1) // 2],
         }
-    unknown = set(given) - set(base)
-    if unknown:
-        raise ValueError(f"{sorted(unknown)} do not apply to strategy {strategy!r}")
-    params = base | given
-    if strategy == "acm" and params["layer_loss_weight"] != 0.0:
-        raise ValueError("acm has no layer-wise loss; layer_loss_weight must be 0")
-    if strategy == "safm" and not params["alpha"] > params["beta"] > 0:
-        raise ValueError("safm needs alpha > beta > 0 (empty first, then reuse, then new)")
-    bad = [i for i in params.get("forced_layers", []) if i >= num_layers]
-    if bad:
-        raise ValueError(f"forced_layers {bad} out of range for a {num_layers}-layer base")
-    params["forced_layers"] = sorted(set(params.get("forced_layers", []))) or []
-    if strategy in PLAIN_STRATEGIES:
-        params.pop("forced_layers")
-    return {"strategy": strategy, **params}
+    merged = base | given
+    if "forced_layers" in merged:
+        bad = [i for i in merged["forced_layers"] if i >= num_layers]
+        if bad:
+            raise ValueError(f"forced_layers {bad} out of range for a {num_layers}-layer base")
+        merged["forced_layers"] = sorted(set(merged["forced_layers"]))
+    return parse_params(merged)

@@ -19,9 +19,9 @@ import torch
 
 from adapters_store.datasets import detect_format, parse_dataset
 from adapters_store.settings import Settings
+from worker.evaluation import accuracy
 from worker.runtime import build_model
 from worker.sequence import Sequence
-from worker.training import accuracy
 
 ROOT = Path(__file__).resolve().parents[1]
 TASKS = [("sentiment", "sentiment.jsonl"), ("topic", "topic.csv"),
@@ -35,7 +35,7 @@ def load(name: str) -> list:
 
 
 def evaluate(seq: Sequence) -> dict[str, float]:
-    loaded = seq.state.bank.sync(seq.live)
+    loaded = seq.bank.sync(seq.live)
     out = {}
     for task_id, runtime in loaded.tasks.items():
         val = seq.data[task_id][1]
@@ -51,23 +51,23 @@ def run(strategy: str, settings: Settings) -> dict:
         seq = Sequence(model, Path(tmp), settings, device=device)
         for task_id, name in TASKS:
             started = time.monotonic()
-            manifest, fit = seq.add(task_id, load(name), strategy)
+            out = seq.add(task_id, load(name), strategy)
+            manifest, job = out.manifest, out.result
             seconds = time.monotonic() - started
             acc = evaluate(seq)
             steps.append({
                 "task": task_id, "version": manifest.version, "seconds": round(seconds, 1),
-                "decisions": [{k: d.get(k) for k in ("layer", "choice", "forced", "weights")}
-                              for d in fit.decisions],
-                "params_added": sum(m.num_params for m in fit.new_modules),
+                "decisions": [d.model_dump(include={"layer", "choice", "forced", "weights"})
+                              for d in job.decisions],
+                "params_added": job.params_added,
                 "bank_adapter_params": manifest.totals()["adapter_params"],
                 "one_adapter_per_task_params": manifest.totals()["one_adapter_per_task_params"],
-                "replayed": fit.replayed,
-                "old_tasks": {t: {"before": e.before, "after": e.after}
-                              for t, e in fit.old_tasks.items()},
+                "replayed": job.replayed,
+                "old_tasks": {t: e.model_dump() for t, e in job.old_tasks.items()},
                 "accuracy_after": acc,
             })
             print(f"{strategy:8s} {task_id:12s} {seconds:6.1f}s acc {acc[task_id]:.3f} "
-                  f"choices {[d['choice'] for d in fit.decisions]} replayed {fit.replayed}",
+                  f"choices {[d.choice for d in job.decisions]} replayed {job.replayed}",
                   flush=True)
     return {"strategy": strategy, "steps": steps}
 

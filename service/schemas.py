@@ -16,13 +16,10 @@ from adapters_store.records import (
     JobState,
     ModuleKind,
 )
-from adapters_store.settings import Settings
 from adapters_store.streams import Prediction
 
 JOB_ID_PATTERN = r"^job_[0-9a-f]{16}$"
 VERSION_PATTERN = r"^v[0-9]+$"
-# The strategies an upload may ask for are exactly those Settings accepts: one Literal, one place.
-StrategyName = Settings.model_fields["strategy"].annotation
 TaskState = Literal["ready", "queued", "training", "failed", "not_live"]
 
 TaskIdPath = Annotated[str, Path(pattern=TASK_ID_PATTERN, description="task id")]

@@ -6,7 +6,6 @@ import json
 import logging
 from dataclasses import dataclass
 from pathlib import PurePosixPath, PureWindowsPath
-from typing import Any
 
 from fastapi import Request
 from pydantic import ValidationError
@@ -18,7 +17,7 @@ from adapters_store.errors import AdapterdError, InvalidInput, NotFound, TooLarg
 from adapters_store.records import DatasetRecord, JobRecord
 from adapters_store.registry import Registry
 from adapters_store.settings import Settings
-from adapters_store.strategy_params import StrategyParams, resolve
+from adapters_store.strategy_params import StrategyOverrides, resolve
 
 logger = logging.getLogger(__name__)
 
@@ -117,10 +116,10 @@ def _check_input_kind(registry: Registry, task_id: str, parsed: ParsedDataset) -
 
 
 def strategy_overrides(registry: Registry, settings: Settings, strategy: str,
-                       raw: dict[str, Any]) -> dict[str, Any]:
+                       raw: dict[str, object]) -> StrategyOverrides:
     """Validate an upload's hyperparameters against their ranges and the strategy's rules."""
     try:
-        overrides = StrategyParams.model_validate(raw).overrides()
+        overrides = StrategyOverrides.model_validate(raw)
     except ValidationError as exc:
         raise InvalidInput("invalid strategy parameters", json.loads(exc.json(
             include_url=False, include_context=False))) from exc
@@ -131,18 +130,18 @@ def strategy_overrides(registry: Registry, settings: Settings, strategy: str,
         resolve(strategy, overrides, settings, num_layers)
     except ValueError as exc:
         raise InvalidInput(f"invalid strategy parameters: {exc}",
-                           {"strategy": strategy, "given": overrides}) from exc
+                           {"strategy": strategy, "given": overrides.model_dump()}) from exc
     return overrides
 
 
 def accept_dataset(
     registry: Registry, blobs: BlobStore, settings: Settings, task_id: str, upload: Upload,
-    strategy: str, params: dict[str, Any],
+    strategy: str, params: dict[str, object],
 ) -> tuple[DatasetRecord, JobRecord]:
     """Validate fully, then store the blob, record the dataset and enqueue its job (blocking I/O
     and CPU-bound parsing: call it from a worker thread). Nothing is written before the data
     passed every check; a blob orphaned by a failed submit is content-addressed and harmless."""
-    params = strategy_overrides(registry, settings, strategy, params)
+    overrides = strategy_overrides(registry, settings, strategy, params)
     fmt = detect_format(upload.filename, upload.content_type)
     parsed = parse_dataset(
         upload.data, fmt, min_rows_per_label=settings.min_rows_per_label,
@@ -155,7 +154,7 @@ def accept_dataset(
         input_kind=parsed.input_kind, rows=len(parsed.rows), label_counts=parsed.label_counts,
         blob=digest,
     )
-    job = registry.submit(dataset, strategy, params)
+    job = registry.submit(dataset, strategy, overrides)
     logger.info("task %s: dataset %s (%d rows, %s) accepted, job %s queued (%s)", task_id,
                 dataset.id, dataset.rows, fmt, job.job_id, strategy)
     return dataset, job

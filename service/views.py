@@ -127,7 +127,8 @@ def adapters_view(manifest: BankManifest | None) -> AdaptersView:
     ordered = sorted(manifest.modules.values(), key=lambda m: (m.layer, m.id))
     modules = [
         ModuleView(id=m.id, kind=m.kind, layer=m.layer, params=m.params, users=users[m.id],
-                   created_by=m.created_by, created_in=m.created_in, config=m.config)
+                   created_by=m.created_by, created_in=m.created_in,
+                   config=m.config.model_dump())
         for m in ordered
     ]
     layers = [

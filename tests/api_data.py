@@ -39,7 +39,7 @@ def to_csv(rows: list[dict], header: tuple[str, ...] = ("text", "label")) -> byt
 
 def make_module(module_id: str, layer: int, params: int = 100) -> ModuleRecord:
     return ModuleRecord(id=module_id, kind="bottleneck", layer=layer, params=params,
-                        config={"size": 8}, blob=FAKE_BLOB, created_by="job_test",
+                        config={"hidden": 32, "size": 8}, blob=FAKE_BLOB, created_by="job_test",
                         created_in="v1")
 
 

@@ -7,8 +7,9 @@ import random
 import torch
 
 from adapters_store.datasets import Row
+from adapters_store.module_config import BottleneckConfig, LoraConfig, ModuleConfig
 from worker.base_model import TINY, load_base
-from worker.modules import AdapterModule, module_config
+from worker.modules import AdapterModule
 from worker.routed_model import RoutedEncoder
 
 CPU = torch.device("cpu")
@@ -20,8 +21,9 @@ def tiny_model(max_length: int = 64) -> RoutedEncoder:
 
 def random_module(kind: str, layer: int, hidden: int = 32, seed: int = 0) -> AdapterModule:
     """A module with every tensor random (fresh ones are near-identity, too weak to test with)."""
-    config = module_config(kind, hidden, size=8, rank=4, alpha=8.0, targets=["query", "value"])
-    module = AdapterModule(kind, layer, config)
+    config: ModuleConfig = BottleneckConfig(hidden=hidden, size=8) if kind == "bottleneck" \
+        else LoraConfig(hidden=hidden, rank=4, alpha=8.0, targets=["query", "value"])
+    module = AdapterModule(layer, config)
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for p in module.parameters():

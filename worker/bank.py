@@ -18,9 +18,10 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class TaskRuntime:
-    """What serving one task needs: its module per layer, head and labels."""
+    """What serving one task needs: its module per layer (with the module's id), head, labels."""
 
     task_id: str
+    module_ids: list[str | None]
     modules: list[AdapterModule | None]
     head: nn.Linear
     labels: list[str]
@@ -35,6 +36,10 @@ class TaskRuntime:
 class LoadedVersion:
     manifest: BankManifest
     tasks: dict[str, TaskRuntime]
+    modules: dict[str, AdapterModule]  # this version's modules by id
+
+    def module(self, module_id: str) -> AdapterModule:
+        return self.modules[module_id]
 
     @property
     def version(self) -> str:
@@ -61,7 +66,7 @@ class LoadedBank:
 
     def _load_module(self, manifest: BankManifest, module_id: str) -> AdapterModule:
         rec = manifest.modules[module_id]
-        module = AdapterModule.from_bytes(rec.kind, rec.layer, rec.config, self.blobs.get(rec.blob))
+        module = AdapterModule.from_bytes(rec.layer, rec.config, self.blobs.get(rec.blob))
         return module.to(self.device).eval().requires_grad_(False)
 
     def _load_head(self, digest: str) -> nn.Linear:
@@ -81,6 +86,7 @@ class LoadedBank:
         tasks = {
             task_id: TaskRuntime(
                 task_id=task_id,
+                module_ids=list(route.layers),
                 modules=[None if m is None else self.modules[m] for m in route.layers],
                 head=self.heads[route.head.blob],
                 labels=route.head.labels,
@@ -88,7 +94,8 @@ class LoadedBank:
             )
             for task_id, route in manifest.routes.items()
         }
-        loaded = LoadedVersion(manifest=manifest, tasks=tasks)
+        loaded = LoadedVersion(manifest=manifest, tasks=tasks,
+                               modules={m: self.modules[m] for m in manifest.modules})
         self.versions[manifest.version] = loaded
         while len(self.versions) > self.keep:
             self.versions.popitem(last=False)

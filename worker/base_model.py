@@ -9,11 +9,23 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from transformers import AutoModel, AutoTokenizer, BertConfig, BertModel, PreTrainedTokenizerBase
+from transformers import (
+    AutoModel,
+    AutoTokenizer,
+    BertConfig,
+    BertModel,
+    DistilBertConfig,
+    DistilBertModel,
+    PretrainedConfig,
+    PreTrainedTokenizerBase,
+    RobertaConfig,
+    RobertaModel,
+)
 from transformers.utils import logging as hf_logging
 
 from adapters_store.records import BaseModelInfo
 from adapters_store.streams import InputItem
+from worker.model_families import Family, family_of
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +47,7 @@ class BaseEncoder:
     tokenizer: PreTrainedTokenizerBase
     info: BaseModelInfo
     max_length: int
+    family: Family
 
     def tokenize(self, items: list[InputItem], device: torch.device) -> dict[str, torch.Tensor]:
         texts = [i.text for i in items]
@@ -44,7 +57,7 @@ class BaseEncoder:
             raise ValueError("a batch must be all single texts or all pairs")
         enc = self.tokenizer(texts, **kwargs, padding=True, truncation=True,
                              max_length=self.max_length, return_tensors="pt")
-        return {k: v.to(device) for k, v in enc.items()}
+        return {k: v.to(device) for k, v in enc.items() if k in self.family.inputs}
 
 
 def _fingerprint(*parts: bytes) -> str:
@@ -54,14 +67,31 @@ def _fingerprint(*parts: bytes) -> str:
     return h.hexdigest()
 
 
-def _tiny_bert(tokenizer: PreTrainedTokenizerBase, layers: int) -> tuple[torch.nn.Module, str]:
-    """A tiny, deterministic random BERT for tests: same weights in every process."""
-    config = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=layers,
-                        num_attention_heads=4, intermediate_size=64, max_position_embeddings=512)
+def _tiny_config(family: str, vocab: int, layers: int) -> PretrainedConfig:
+    if family == "distilbert":
+        return DistilBertConfig(vocab_size=vocab, dim=32, n_layers=layers, n_heads=4,
+                                hidden_dim=64, max_position_embeddings=512, pad_token_id=0)
+    common = dict(vocab_size=vocab, hidden_size=32, num_hidden_layers=layers,
+                  num_attention_heads=4, intermediate_size=64)
+    if family == "roberta":  # BERT's tokenizer pads with 0; RoBERTa's positions skip the pad id
+        return RobertaConfig(**common, max_position_embeddings=514, pad_token_id=0,
+                             type_vocab_size=1)
+    return BertConfig(**common, max_position_embeddings=512)
+
+
+_TINY_MODELS = {"bert": BertModel, "roberta": RobertaModel, "distilbert": DistilBertModel}
+TINY_FAMILIES = tuple(_TINY_MODELS)
+
+
+def _tiny(family: str, tokenizer: PreTrainedTokenizerBase,
+          layers: int) -> tuple[torch.nn.Module, str]:
+    """A tiny, deterministic random encoder for tests: same weights in every process."""
+    config = _tiny_config(family, tokenizer.vocab_size, layers)
+    kwargs = family_of(config.model_type).load_kwargs
     gen_state = torch.random.get_rng_state()
     try:
         torch.manual_seed(1234)
-        model = BertModel(config, add_pooling_layer=False)
+        model = _TINY_MODELS[family](config, **kwargs)
     finally:
         torch.random.set_rng_state(gen_state)
     digest = _fingerprint(json.dumps(config.to_dict(), sort_keys=True).encode(),
@@ -69,31 +99,48 @@ def _tiny_bert(tokenizer: PreTrainedTokenizerBase, layers: int) -> tuple[torch.n
     return model, digest
 
 
+def _tiny_alias(name: str) -> tuple[str, int] | None:
+    """``tiny-<family>[:layers]`` (e.g. tiny-bert, tiny-roberta:4) -> (family, layers)."""
+    stem, _, layers = name.partition(":")
+    family = stem.removeprefix("tiny-")
+    if not stem.startswith("tiny-") or family not in _TINY_MODELS:
+        return None
+    if layers and not layers.isdigit():
+        raise ValueError(f"base model {name!r}: the layer count after ':' must be a number")
+    return family, int(layers or 2)
+
+
 def load_base(name: str, device: torch.device, max_length: int) -> BaseEncoder:
-    """Load the base by alias (all-MiniLM-L6-v2, tiny-bert[:layers]) or a local directory;
-    never downloads."""
+    """Load the base by alias (all-MiniLM-L6-v2, tiny-{bert,roberta,distilbert}[:layers]) or a
+    local directory of a supported family (model_families.py); never downloads."""
     # The sentence-transformers checkpoint carries a pooler we do not use; its load report is noise.
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
-    if name == TINY or name.startswith(TINY + ":"):
-        layers = int(name.partition(":")[2] or 2)  # "tiny-bert:4" = four layers
+    tiny = _tiny_alias(name)
+    if tiny is not None:
         tokenizer = AutoTokenizer.from_pretrained(_minilm_path())
-        model, fingerprint = _tiny_bert(tokenizer, layers)
+        model, fingerprint = _tiny(tiny[0], tokenizer, tiny[1])
     else:
         path = _minilm_path() if name == MINILM else Path(name)
         if not path.is_dir():
             raise ValueError(f"base model {name!r} is neither a known alias nor a local directory")
-        tokenizer = AutoTokenizer.from_pretrained(path)
-        model = AutoModel.from_pretrained(path, dtype=torch.float32, add_pooling_layer=False)
+        config = json.loads((path / "config.json").read_text())
+        family = family_of(str(config.get("model_type")))  # refuse before loading weights
         weights = sorted(path.glob("*.safetensors"))
+        if not weights:
+            raise ValueError(f"base model {name!r} has no .safetensors weights (pickled "
+                             "checkpoints are refused)")
+        tokenizer = AutoTokenizer.from_pretrained(path)
+        model = AutoModel.from_pretrained(path, dtype=torch.float32, use_safetensors=True,
+                                          **family.load_kwargs)
         fingerprint = _fingerprint((path / "config.json").read_bytes(),
                                    *(w.read_bytes() for w in weights))
-    if model.config.model_type not in ("bert",):
-        raise ValueError(f"unsupported base model type {model.config.model_type!r}")
+    family = family_of(model.config.model_type)
     model.eval().requires_grad_(False).to(device)
-    info = BaseModelInfo(name=name, fingerprint=fingerprint,
+    info = BaseModelInfo(name=name, fingerprint=fingerprint, family=family.name,
                          num_layers=model.config.num_hidden_layers,
                          hidden_size=model.config.hidden_size)
     log.info("loaded base %s (%d layers, hidden %d) on %s", name, info.num_layers,
              info.hidden_size, device)
-    return BaseEncoder(model=model, tokenizer=tokenizer, info=info, max_length=max_length)
+    return BaseEncoder(model=model, tokenizer=tokenizer, info=info, max_length=max_length,
+                       family=family)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import time
 from dataclasses import dataclass
 
@@ -25,7 +24,8 @@ from adapters_store.streams import (
 from worker.bank import LoadedBank, LoadedVersion
 from worker.routed_model import RoutedEncoder, apply_heads
 from worker.routing import Routing
-from worker.runtime import GracefulStop, build_model, configure_logging, connect, new_worker_id
+from worker.runtime import GracefulStop, build_model, configure_logging
+from worker.stream_worker import Entry, StreamConfig, StreamWorker
 
 log = logging.getLogger(__name__)
 
@@ -57,21 +57,23 @@ def run_batch(model: RoutedEncoder, loaded: LoadedVersion,
     rows: list[tuple[int, InputItem]] = [(i, item) for i, r in enumerate(requests)
                                          for item in r.inputs]
     device = next(model.parameters()).device
-    singles = [(i, it) for i, it in rows if it.text_pair is None]
-    pairs = [(i, it) for i, it in rows if it.text_pair is not None]
-    ordered = singles + pairs
-    parts = [model.base.tokenize([it for _, it in group], device)
-             for group in (singles, pairs) if group]
+    # Singles then pairs (each group tokenised on its own); a stable sort keeps request order.
+    order = sorted(range(len(rows)), key=lambda k: rows[k][1].text_pair is not None)
+    position = [0] * len(rows)
+    for n, k in enumerate(order):
+        position[k] = n
+    groups = ([rows[k][1] for k in order if rows[k][1].text_pair is None],
+              [rows[k][1] for k in order if rows[k][1].text_pair is not None])
+    parts = [model.base.tokenize(group, device) for group in groups if group]
     batch = _pad_cat(parts, model.base.tokenizer.pad_token_id or 0)
-    tasks = [loaded.tasks[requests[i].task_id] for i, _ in ordered]
+    tasks = [loaded.tasks[requests[rows[k][0]].task_id] for k in order]
     with torch.inference_mode():
         routing = Routing.from_rows([t.modules for t in tasks], model.num_layers, device)
         pooled = model.embed(batch, routing)
         logits = apply_heads(pooled, [t.head for t in tasks])
     results: list[list[Prediction]] = [[] for _ in requests]
-    position = {id(it): n for n, (_, it) in enumerate(ordered)}
-    for i, item in rows:
-        n = position[id(item)]
+    for k, (i, _) in enumerate(rows):
+        n = position[k]
         probs = torch.softmax(logits[n].float(), -1).tolist()
         task = tasks[n]
         best = max(range(len(probs)), key=probs.__getitem__)
@@ -80,20 +82,36 @@ def run_batch(model: RoutedEncoder, loaded: LoadedVersion,
     return results
 
 
-class InferenceWorker:
+class InferenceWorker(StreamWorker):
+    kind = "inference"
+
     def __init__(self, settings: Settings, stop: GracefulStop | None = None) -> None:
-        self.settings = settings
-        self.stop = stop or GracefulStop()
-        self.worker_id = new_worker_id("inference")
-        self.client, self.registry, self.blobs = connect(settings)
-        self.keys = self.registry.keys
+        super().__init__(settings, stop)
         self.model, self.device = build_model(settings)
         self.model.eval()
         self.bank = LoadedBank(self.blobs, self.device, keep=settings.keep_versions)
         self.current: LoadedVersion | None = None
-        self.batches = 0
-        self._last_beat = 0.0
-        self._last_claim = time.monotonic()
+
+    # ---- stream-worker hooks --------------------------------------------------------------
+    def stream_config(self) -> StreamConfig:
+        s = self.settings
+        return StreamConfig(stream=self.keys.infer_stream, group=INFERENCE_GROUP,
+                            batch=s.max_batch, max_wait_ms=s.max_wait_ms,
+                            claim_idle_ms=s.claim_idle_ms, claim_every_s=s.claim_idle_ms / 2000,
+                            block_ms=int(min(1000, s.heartbeat_s * 500)))
+
+    def heartbeat(self) -> Heartbeat:
+        current = self.current
+        return self.base_heartbeat(current.version if current else None, str(self.device))
+
+    def before_read(self) -> None:
+        self.maybe_swap()
+
+    def handle(self, entries: list[Entry], pipe: redis.client.Pipeline) -> None:
+        # The API saw the live pointer before enqueueing; re-reading it after the read means a
+        # request never meets a version older than the one it saw.
+        self.maybe_swap()
+        self.serve(entries, pipe)
 
     # ---- between batches ------------------------------------------------------------------
     def maybe_swap(self) -> None:
@@ -111,51 +129,6 @@ class InferenceWorker:
                  self.current.version if self.current else None, live)
         self.current = loaded
 
-    def beat(self, force: bool = False) -> None:
-        now = time.monotonic()
-        if force or now - self._last_beat >= self.settings.heartbeat_s:
-            self._last_beat = now
-            self.registry.beat(Heartbeat(worker_id=self.worker_id, kind="inference",
-                                         pid=os.getpid(), batches=self.batches,
-                                         version=self.current.version if self.current else None,
-                                         device=str(self.device)),
-                               ttl_s=self.settings.heartbeat_s * 3)
-
-    # ---- reading ----------------------------------------------------------------------------
-    def _claim_stale(self) -> list:
-        """Requests a dead worker read but never acknowledged, idle past the claim timeout."""
-        if time.monotonic() - self._last_claim < self.settings.claim_idle_ms / 2000:
-            return []
-        self._last_claim = time.monotonic()
-        claimed = self.client.xautoclaim(self.keys.infer_stream, INFERENCE_GROUP,
-                                         self.worker_id, self.settings.claim_idle_ms,
-                                         count=self.settings.max_batch)[1]
-        if claimed:
-            log.warning("worker %s claimed %d stale requests", self.worker_id, len(claimed))
-        return claimed or []
-
-    def _read(self, count: int, block_ms: int | None) -> list:
-        got = self.client.xreadgroup(INFERENCE_GROUP, self.worker_id,
-                                     {self.keys.infer_stream: ">"}, count=count, block=block_ms)
-        return got[0][1] if got else []
-
-    def collect(self) -> list:
-        """Up to max_batch entries: block for the first, then wait at most max_wait_ms for more."""
-        entries = self._claim_stale()
-        if not entries:
-            entries = self._read(self.settings.max_batch,
-                                 int(min(1000, self.settings.heartbeat_s * 500)))
-        deadline = time.monotonic() + self.settings.max_wait_ms / 1000
-        while entries and len(entries) < self.settings.max_batch:
-            left_ms = int((deadline - time.monotonic()) * 1000)
-            if left_ms <= 0:
-                break
-            more = self._read(self.settings.max_batch - len(entries), left_ms)
-            if not more:
-                break
-            entries.extend(more)
-        return entries
-
     # ---- serving ----------------------------------------------------------------------------
     def _reply(self, pipe: redis.client.Pipeline, req: InferenceRequest, **kw: object) -> None:
         reply = InferenceReply(request_id=req.request_id, task_id=req.task_id,
@@ -166,9 +139,9 @@ class InferenceWorker:
                code: str, message: str) -> None:
         self._reply(pipe, req, version=version, error=ReplyError(code=code, message=message))
 
-    def serve(self, entries: list) -> None:
+    def serve(self, entries: list[Entry], pipe: redis.client.Pipeline) -> None:
+        """Answer every entry (replies queued on ``pipe``, sent with the batch's ack)."""
         now = time.time()
-        pipe = self.client.pipeline(transaction=False)
         groups: dict[str, list[InferenceRequest]] = {}
         for _, fields in entries:
             try:
@@ -212,30 +185,6 @@ class InferenceWorker:
                 self._reply(pipe, req, version=version, outputs=out, batch_rows=rows,
                             batch_requests=len(requests), compute_s=compute,
                             queue_s=max(0.0, now - req.enqueued_at))
-        ids = [e[0] for e in entries]
-        pipe.xack(self.keys.infer_stream, INFERENCE_GROUP, *ids)
-        pipe.xdel(self.keys.infer_stream, *ids)
-        pipe.execute()
-        self.batches += 1
-
-    def run(self, max_batches: int | None = None) -> int:
-        log.info("inference worker %s ready on %s", self.worker_id, self.device)
-        self.maybe_swap()
-        self.beat(force=True)
-        try:
-            while not self.stop.stopping and (max_batches is None or self.batches < max_batches):
-                self.maybe_swap()
-                self.beat()
-                entries = self.collect()
-                if entries:
-                    # The API saw the live pointer before enqueueing; re-reading it after the
-                    # read means a request never meets a version older than the one it saw.
-                    self.maybe_swap()
-                    self.serve(entries)
-        finally:
-            self.registry.forget_worker(self.worker_id)
-            log.info("inference worker %s stopped after %d batches", self.worker_id, self.batches)
-        return self.batches
 
 
 def main(argv: list[str] | None = None) -> int:

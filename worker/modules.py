@@ -4,26 +4,19 @@ from __future__ import annotations
 
 import hashlib
 import json
-from typing import Any
 
 import torch
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 from torch import nn
 
-from adapters_store.records import ModuleKind
-
-# Where each part plugs into a BERT layer; "post" transforms a sublayer's output (Houlsby),
-# "parallel" adds a low-rank delta computed from the projection's input (LoRA).
-POST = "post"
-PARALLEL = "parallel"
-BERT_SITES: dict[str, tuple[str, str]] = {
-    "attn": ("attention.output.dense", POST),
-    "ffn": ("output.dense", POST),
-    "query": ("attention.self.query", PARALLEL),
-    "key": ("attention.self.key", PARALLEL),
-    "value": ("attention.self.value", PARALLEL),
-}
+from adapters_store.module_config import (
+    BottleneckConfig,
+    LoraConfig,
+    ModuleConfig,
+    ModuleKind,
+    config_kind,
+)
 
 
 class BottleneckPart(nn.Module):
@@ -61,24 +54,24 @@ class LoraPart(nn.Module):
 class AdapterModule(nn.Module):
     """One module at one layer: a named part per site (attn/ffn or LoRA targets)."""
 
-    def __init__(self, kind: ModuleKind, layer: int, config: dict[str, Any]) -> None:
+    def __init__(self, layer: int, config: ModuleConfig) -> None:
         super().__init__()
-        self.kind = kind
         self.layer = layer
-        self.config = dict(config)
-        hidden = int(config["hidden"])
+        self.config = config
         parts: dict[str, nn.Module] = {}
-        if kind == "bottleneck":
+        if isinstance(config, BottleneckConfig):
             for name in ("attn", "ffn"):
-                parts[name] = BottleneckPart(hidden, int(config["size"]))
-        elif kind == "lora":
-            for name in config["targets"]:
-                if name not in ("query", "key", "value"):
-                    raise ValueError(f"unsupported LoRA target {name!r}")
-                parts[name] = LoraPart(hidden, hidden, int(config["rank"]), float(config["alpha"]))
+                parts[name] = BottleneckPart(config.hidden, config.size)
+        elif isinstance(config, LoraConfig):
+            for name in config.targets:
+                parts[name] = LoraPart(config.hidden, config.hidden, config.rank, config.alpha)
         else:
-            raise ValueError(f"unknown module kind {kind!r}")
+            raise TypeError(f"unknown module config {type(config).__name__}")
         self.parts = nn.ModuleDict(parts)
+
+    @property
+    def kind(self) -> ModuleKind:
+        return config_kind(self.config)
 
     @property
     def num_params(self) -> int:
@@ -91,7 +84,7 @@ class AdapterModule(nn.Module):
     def content_id(self) -> str:
         """sha256 over the spec and each tensor's name, shape and bytes: same content, same id."""
         h = hashlib.sha256()
-        spec = {"kind": self.kind, "layer": self.layer, "config": self.config}
+        spec = {"kind": self.kind, "layer": self.layer, "config": self.config.model_dump()}
         h.update(json.dumps(spec, sort_keys=True).encode())
         for name, t in sorted(self.tensors().items()):
             h.update(f"\0{name}\0{tuple(t.shape)}\0".encode())
@@ -102,18 +95,10 @@ class AdapterModule(nn.Module):
         return st_save(self.tensors(), metadata={"kind": self.kind, "layer": str(self.layer)})
 
     @classmethod
-    def from_bytes(cls, kind: ModuleKind, layer: int, config: dict[str, Any],
-                   data: bytes) -> AdapterModule:
-        module = cls(kind, layer, config)
+    def from_bytes(cls, layer: int, config: ModuleConfig, data: bytes) -> AdapterModule:
+        module = cls(layer, config)
         module.load_state_dict(st_load(data), strict=True)
         return module
-
-
-def module_config(kind: ModuleKind, hidden: int, *, size: int, rank: int, alpha: float,
-                  targets: list[str]) -> dict[str, Any]:
-    if kind == "bottleneck":
-        return {"hidden": hidden, "size": size, "act": "swish"}
-    return {"hidden": hidden, "rank": rank, "alpha": alpha, "targets": sorted(targets)}
 
 
 def head_to_bytes(head: nn.Linear) -> bytes:

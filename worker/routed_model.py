@@ -8,7 +8,6 @@ import torch
 from torch import nn
 
 from worker.base_model import BaseEncoder
-from worker.modules import BERT_SITES
 from worker.routing import RoutedLinear, RoutingLike, RoutingSlot
 
 
@@ -29,12 +28,14 @@ class RoutedEncoder(nn.Module):
         self.encoder = base.model
         self.slot = RoutingSlot()
         self.num_layers = base.info.num_layers
-        for layer_idx, layer in enumerate(self.encoder.encoder.layer):
-            for part, (path, mode) in BERT_SITES.items():
-                linear = layer.get_submodule(path)
+        family = base.family
+        for layer_idx, layer in enumerate(self.encoder.get_submodule(family.layers)):
+            for part, site in family.sites.items():
+                linear = layer.get_submodule(site.path)
                 if isinstance(linear, RoutedLinear):
                     continue
-                _replace(layer, path, RoutedLinear(linear, self.slot, layer_idx, part, mode))
+                _replace(layer, site.path,
+                         RoutedLinear(linear, self.slot, layer_idx, part, site.mode))
 
     @contextmanager
     def routed(self, routing: RoutingLike | None):
@@ -66,10 +67,10 @@ def mean_pool(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tenso
 def apply_heads(pooled: torch.Tensor, row_heads: list[nn.Linear]) -> list[torch.Tensor]:
     """Apply each row's head, grouping rows that share a head; returns logits per row."""
     out: list[torch.Tensor | None] = [None] * len(row_heads)
-    groups: dict[int, tuple[nn.Linear, list[int]]] = {}
+    groups: dict[nn.Linear, list[int]] = {}
     for row, head in enumerate(row_heads):
-        groups.setdefault(id(head), (head, []))[1].append(row)
-    for head, rows in groups.values():
+        groups.setdefault(head, []).append(row)
+    for head, rows in groups.items():
         idx = torch.tensor(rows, device=pooled.device)
         logits = head(pooled.index_select(0, idx))
         for i, row in enumerate(rows):

@@ -8,7 +8,8 @@ from typing import Protocol
 import torch
 from torch import nn
 
-from worker.modules import PARALLEL, AdapterModule
+from worker.model_families import PARALLEL
+from worker.modules import AdapterModule
 
 
 @dataclass(frozen=True)
@@ -35,13 +36,13 @@ class Routing:
         n = len(row_routes)
         per_layer: list[list[Group]] = []
         for layer in range(num_layers):
-            by_module: dict[int, tuple[AdapterModule, list[int]]] = {}
+            by_module: dict[AdapterModule, list[int]] = {}
             for row, route in enumerate(row_routes):
                 module = route[layer]
                 if module is not None:
-                    by_module.setdefault(id(module), (module, []))[1].append(row)
+                    by_module.setdefault(module, []).append(row)
             groups = []
-            for module, rows in by_module.values():
+            for module, rows in by_module.items():
                 idx = None if len(rows) == n else torch.tensor(rows, device=device)
                 groups.append(Group(module, idx))
             per_layer.append(groups)

@@ -10,6 +10,7 @@ from fastapi import APIRouter, Query, Request, Response
 from adapters_store.errors import InvalidInput, NoWorker
 from adapters_store.records import Route
 from adapters_store.registry import Registry
+from adapters_store.strategy_params import StrategyName
 from adapters_store.streams import InputItem
 from service.auth import AdminAuth, InferenceAuth, ReadAuth
 from service.deps import (
@@ -26,7 +27,6 @@ from service.schemas import (
     ErrorResponse,
     PredictRequest,
     PredictResponse,
-    StrategyName,
     TaskDetail,
     TaskIdPath,
     TaskList,

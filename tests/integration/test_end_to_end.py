@@ -228,7 +228,13 @@ def test_safm_sequence_through_the_service(stack: dict, registry: Registry) -> N
         assert job.state == "succeeded", job.error
         assert job.strategy == "safm" and job.result.version == f"v{n}"
         assert len(job.result.decisions) == 2
-        assert job.result.strategy_params["alpha"] == 0.11
+        assert job.result.strategy_params.alpha == 0.11
+        # Over HTTP the job keeps its field names; progress covered the whole job.
+        body = httpx.get(f"{url}/v1/jobs/{job.job_id}").json()
+        assert body["result"]["strategy_params"]["alpha"] == 0.11
+        assert {"layer", "choice", "forced", "module", "weights"} <= set(
+            body["result"]["decisions"][0])
+        assert body["progress"]["fraction"] == 1.0 and body["progress"]["total_steps"] > 0
     bank = httpx.get(f"{url}/v1/adapters").json()
     assert bank["live_version"] == "v3" and bank["strategy"] == "safm"
     assert bank["totals"]["adapter_params"] == sum(m["params"] for m in bank["modules"])

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from adapterd.cli import main as adapterd_main
-from adapters_store.strategy_params import resolve
+from adapters_store.strategy_params import StrategyOverrides, resolve
 from tests.factories import keyword_rows, make_settings, tiny_model_layers
 from worker.continual.metrics import average, bwt
 from worker.continual.sequences import (
@@ -87,9 +87,10 @@ def test_stratified_sample_keeps_label_shares() -> None:
 
 def test_seqft_trains_one_set_and_old_tasks_follow_it(tmp_path: Path) -> None:
     seq = Sequence(tiny_model_layers(2), tmp_path, make_settings())
-    v1, _ = seq.add("a", keyword_rows(20), "seqft")
-    v2, fit = seq.add("b", keyword_rows(20, seed=4), "seqft")
-    assert fit.new_modules == [] and all(d["choice"] == "reuse" for d in fit.decisions)
+    v1 = seq.add("a", keyword_rows(20), "seqft").manifest
+    out = seq.add("b", keyword_rows(20, seed=4), "seqft")
+    v2, fit = out.manifest, out.fit
+    assert fit.new_modules == [] and all(d.choice == "reuse" for d in fit.decisions)
     assert v2.routes["a"].layers == v2.routes["b"].layers != v1.routes["a"].layers
     assert v2.routes["a"].head == v1.routes["a"].head  # old heads are kept as they were
     assert len(v2.modules) == 2 and set(fit.old_tasks) == {"a"}
@@ -101,7 +102,8 @@ def test_multitask_retrains_every_task_jointly(tmp_path: Path) -> None:
     seq = Sequence(tiny_model_layers(2), tmp_path, make_settings())
     seq.add("a", keyword_rows(20), "multitask")
     seq.add("b", keyword_rows(20, seed=4), "multitask")
-    v3, fit = seq.add("c", keyword_rows(20, seed=5), "multitask")
+    out = seq.add("c", keyword_rows(20, seed=5), "multitask")
+    v3, fit = out.manifest, out.fit
     assert fit.replayed == ["a", "b"] and set(fit.updated_heads) == {"a", "b"}
     layers = {tuple(r.layers) for r in v3.routes.values()}
     assert len(layers) == 1 and len(v3.modules) == 2
@@ -110,10 +112,10 @@ def test_multitask_retrains_every_task_jointly(tmp_path: Path) -> None:
 def test_plain_strategies_take_per_task_params() -> None:
     settings = make_settings()
     for name in ("seqft", "multitask"):
-        params = resolve(name, {"epochs": 2}, settings, 2)
-        assert params["epochs"] == 2 and "forced_layers" not in params
+        params = resolve(name, StrategyOverrides(epochs=2), settings, 2)
+        assert params.epochs == 2 and not hasattr(params, "forced_layers")
         with pytest.raises(ValueError, match="do not apply"):
-            resolve(name, {"alpha": 0.2}, settings, 2)
+            resolve(name, StrategyOverrides(alpha=0.2), settings, 2)
 
 
 def run_bench(data_dir: Path, out: Path, *extra: str) -> int:

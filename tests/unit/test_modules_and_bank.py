@@ -20,7 +20,7 @@ from worker.modules import AdapterModule, head_from_bytes, head_to_bytes
 def test_module_round_trip_and_content_id() -> None:
     for kind in ("bottleneck", "lora"):
         module = random_module(kind, 1, seed=2)
-        again = AdapterModule.from_bytes(kind, 1, module.config, module.to_bytes())
+        again = AdapterModule.from_bytes(1, module.config, module.to_bytes())
         assert again.content_id() == module.content_id()
         for k, v in module.state_dict().items():
             assert torch.equal(v, again.state_dict()[k])

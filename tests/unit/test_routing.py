@@ -26,19 +26,27 @@ def _version(tasks: dict[str, TaskRuntime]) -> LoadedVersion:
                        full_route_params=0) for t, r in tasks.items()}
     manifest = BankManifest(version="v1", number=1, parent=None, base=info, modules={},
                             routes=routes, strategy="per_task")
-    return LoadedVersion(manifest=manifest, tasks=tasks)
+    modules = {mid: m for t in tasks.values()
+               for mid, m in zip(t.module_ids, t.modules, strict=True) if m is not None}
+    return LoadedVersion(manifest=manifest, tasks=tasks, modules=modules)
+
+
+def _runtime(task_id: str, modules: list, head: torch.nn.Linear, labels: list[str],
+             kind: str) -> TaskRuntime:
+    ids = [None if m is None else m.content_id() for m in modules]
+    return TaskRuntime(task_id, ids, modules, head, labels, kind)  # type: ignore[arg-type]
 
 
 def _tasks() -> dict[str, TaskRuntime]:
     shared = random_module("bottleneck", 0, seed=1)
     return {
-        "alpha": TaskRuntime("alpha", [shared, random_module("bottleneck", 1, seed=2)],
-                             _head(2, 10), ["neg", "pos"], "single"),
-        "beta": TaskRuntime("beta", [shared, None], _head(3, 11), ["x", "y", "z"], "single"),
-        "gamma": TaskRuntime("gamma", [random_module("lora", 0, seed=3),
-                                       random_module("lora", 1, seed=4)],
-                             _head(2, 12), ["same", "diff"], "pair"),
-        "delta": TaskRuntime("delta", [None, None], _head(2, 13), ["p", "q"], "single"),
+        "alpha": _runtime("alpha", [shared, random_module("bottleneck", 1, seed=2)],
+                          _head(2, 10), ["neg", "pos"], "single"),
+        "beta": _runtime("beta", [shared, None], _head(3, 11), ["x", "y", "z"], "single"),
+        "gamma": _runtime("gamma", [random_module("lora", 0, seed=3),
+                                    random_module("lora", 1, seed=4)],
+                          _head(2, 12), ["same", "diff"], "pair"),
+        "delta": _runtime("delta", [None, None], _head(2, 13), ["p", "q"], "single"),
     }
 
 

@@ -6,27 +6,27 @@ import pytest
 import torch
 
 from adapters_store.settings import Settings
-from adapters_store.strategy_params import resolve
+from adapters_store.strategy_params import StrategyOverrides, resolve
 from tests.factories import CPU, keyword_rows, make_settings, random_module, tiny_model_layers
 from worker.bank import LoadedBank
+from worker.evaluation import items_of
+from worker.fit_loop import layer_cosine
 from worker.routing import Routing
 from worker.sequence import Sequence
-from worker.strategies.tuning import layer_cosine
-from worker.training import items_of
 
 
 def test_same_data_again_reuses_old_modules(tmp_path) -> None:
     seq = Sequence(tiny_model_layers(4), tmp_path, make_settings())
     rows = keyword_rows(30)
-    first, _ = seq.add("colors", rows, "per_task")
-    manifest, fit = seq.add("colors-again", rows, search_learning_rate=0.05)
-    searched = [d for d in fit.decisions if not d["forced"]]
+    first, _ = _add(seq, "colors", rows, "per_task")
+    manifest, fit = _add(seq, "colors-again", rows, search_learning_rate=0.05)
+    searched = [d for d in fit.decisions if not d.forced]
     assert len(searched) == 3
-    reused = [d for d in searched if d["choice"] == "reuse"]
+    reused = [d for d in searched if d.choice == "reuse"]
     assert len(reused) >= 2, fit.decisions
-    assert all(d["choice"] == "new" for d in fit.decisions if d["forced"])
-    assert [d["layer"] for d in fit.decisions if d["choice"] == "new"] == [1]  # the forced one
-    assert all(set(d["weights"]) >= {"empty", "new"} for d in searched)
+    assert all(d.choice == "new" for d in fit.decisions if d.forced)
+    assert [d.layer for d in fit.decisions if d.choice == "new"] == [1]  # the forced one
+    assert all(set(d.weights) >= {"empty", "new"} for d in searched)
     route = manifest.routes["colors-again"]
     assert set(route.layers[i] for i in (0, 2, 3)) & set(manifest.routes["colors"].layers)
     assert fit.replayed == ["colors"]
@@ -35,11 +35,11 @@ def test_same_data_again_reuses_old_modules(tmp_path) -> None:
 def test_zero_search_epochs_is_empty_except_forced(tmp_path) -> None:
     seq = Sequence(tiny_model_layers(4), tmp_path, make_settings())
     seq.add("colors", keyword_rows(20), "per_task")
-    manifest, fit = seq.add("shades", keyword_rows(20, seed=3), search_epochs=0,
+    manifest, fit = _add(seq, "shades", keyword_rows(20, seed=3), search_epochs=0,
                             forced_layers=[2])
-    assert [d["choice"] for d in fit.decisions] == ["empty", "empty", "new", "empty"]
-    assert all(d["weights"]["empty"] > d["weights"]["new"] for d in fit.decisions
-               if not d["forced"])
+    assert [d.choice for d in fit.decisions] == ["empty", "empty", "new", "empty"]
+    assert all(d.weights["empty"] > d.weights["new"] for d in fit.decisions
+               if not d.forced)
     route = manifest.routes["shades"]
     assert route.layers[0] is None and route.layers[2] is not None
     one_module = manifest.modules[route.layers[2]].params
@@ -50,9 +50,14 @@ def test_zero_search_epochs_is_empty_except_forced(tmp_path) -> None:
 def test_acm_has_no_empty_candidate(tmp_path) -> None:
     seq = Sequence(tiny_model_layers(2), tmp_path, make_settings())
     seq.add("colors", keyword_rows(20), "per_task")
-    _, fit = seq.add("shades", keyword_rows(20, seed=2), "acm", search_epochs=0)
-    assert all("empty" not in d["weights"] for d in fit.decisions)
-    assert all(d["choice"] in ("reuse", "new") for d in fit.decisions)
+    _, fit = _add(seq, "shades", keyword_rows(20, seed=2), "acm", search_epochs=0)
+    assert all("empty" not in d.weights for d in fit.decisions)
+    assert all(d.choice in ("reuse", "new") for d in fit.decisions)
+
+
+def _add(seq: Sequence, task_id: str, rows: list, strategy: str = "safm", **given: object):
+    out = seq.add(task_id, rows, strategy, **given)
+    return out.manifest, out.result
 
 
 def _tensors(bank: LoadedBank, module_id: str) -> dict[str, torch.Tensor]:
@@ -62,16 +67,16 @@ def _tensors(bank: LoadedBank, module_id: str) -> dict[str, torch.Tensor]:
 def test_path_masking_replay_and_immutable_versions(tmp_path) -> None:
     seq = Sequence(tiny_model_layers(2), tmp_path, make_settings())
     seq.add("colors", keyword_rows(20), "per_task")
-    v2, _ = seq.add("shapes", keyword_rows(20, seed=7), "per_task")
+    v2, _ = _add(seq, "shapes", keyword_rows(20, seed=7), "per_task")
     old_colors = list(v2.routes["colors"].layers)
     old_shapes = list(v2.routes["shapes"].layers)
     bank = LoadedBank(seq.blobs, CPU, keep=8)
     loaded_v2 = bank.sync(v2)
     before = {m: _tensors(bank, m) for m in old_colors}
     # ACM with no search: ties between old modules go to the oldest (colors'), at every layer.
-    v3, fit = seq.add("colors-too", keyword_rows(20, seed=1), "acm", search_epochs=0,
+    v3, fit = _add(seq, "colors-too", keyword_rows(20, seed=1), "acm", search_epochs=0,
                       forced_layers=[])
-    assert [d["module"] for d in fit.decisions] == old_colors
+    assert [d.module for d in fit.decisions] == old_colors
     assert fit.replayed == ["colors"]
     # shapes is on no trained route: its modules keep their ids and bytes.
     assert v3.routes["shapes"].layers == old_shapes
@@ -124,40 +129,43 @@ def test_layer_loss_over_non_empty_layers_and_gradient_on_route_only() -> None:
 
 def test_resolve_validates_ranges_and_rules() -> None:
     s = Settings(base_model="tiny-bert")
-    params = resolve("safm", {}, s, 6)
-    assert params["forced_layers"] == [2] and params["layer_loss_weight"] == 0.4
-    assert params["alpha"] == 0.11 and params["beta"] == 0.08
-    assert resolve("acm", {}, s, 6)["layer_loss_weight"] == 0.0
+    def resolve_(strategy: str, given: dict, layers: int):  # noqa: ANN202
+        return resolve(strategy, StrategyOverrides.model_validate(given), s, layers)
+
+    params = resolve_("safm", {}, 6)
+    assert params.forced_layers == [2] and params.layer_loss_weight == 0.4
+    assert params.alpha == 0.11 and params.beta == 0.08
+    assert resolve_("acm", {}, 6).layer_loss_weight == 0.0
     with pytest.raises(ValueError, match="alpha > beta"):
-        resolve("safm", {"alpha": 0.01}, s, 6)
+        resolve_("safm", {"alpha": 0.01}, 6)
     with pytest.raises(ValueError, match="out of range"):
-        resolve("safm", {"forced_layers": [6]}, s, 6)
+        resolve_("safm", {"forced_layers": [6]}, 6)
     with pytest.raises(ValueError, match="layer_loss_weight"):
-        resolve("acm", {"layer_loss_weight": 0.3}, s, 6)
+        resolve_("acm", {"layer_loss_weight": 0.3}, 6)
     with pytest.raises(ValueError, match="do not apply"):
-        resolve("per_task", {"alpha": 0.2}, s, 6)
+        resolve_("per_task", {"alpha": 0.2}, 6)
     with pytest.raises(ValueError):
-        resolve("safm", {"replay_ratio": -1}, s, 6)
+        resolve_("safm", {"replay_ratio": -1}, 6)
 
 
 def test_safm_with_lora_modules(tmp_path) -> None:
     seq = Sequence(tiny_model_layers(2), tmp_path, make_settings(module_kind="lora", lora_rank=4))
-    first, _ = seq.add("colors", keyword_rows(20), "per_task")
-    manifest, fit = seq.add("colors-again", keyword_rows(20), search_learning_rate=0.05)
+    first, _ = _add(seq, "colors", keyword_rows(20), "per_task")
+    manifest, fit = _add(seq, "colors-again", keyword_rows(20), search_learning_rate=0.05)
     assert {m.kind for m in manifest.modules.values()} == {"lora"}
     old = first.routes["colors"].layers[1]
-    assert set(fit.decisions[1]["weights"]) == {"empty", old, "new"}
-    assert fit.decisions[0]["choice"] == "new" and fit.decisions[0]["forced"]
-    loaded = seq.state.bank.sync(manifest)
+    assert set(fit.decisions[1].weights) == {"empty", old, "new"}
+    assert fit.decisions[0].choice == "new" and fit.decisions[0].forced
+    loaded = seq.bank.sync(manifest)
     assert set(loaded.tasks["colors-again"].modules[0].parts) == {"query", "value"}
 
 
 def test_retraining_a_task_may_reuse_its_own_modules(tmp_path) -> None:
     seq = Sequence(tiny_model_layers(2), tmp_path, make_settings())
-    first, _ = seq.add("colors", keyword_rows(20), "per_task")
-    manifest, fit = seq.add("colors", keyword_rows(20, seed=2), "acm", search_epochs=0,
+    first, _ = _add(seq, "colors", keyword_rows(20), "per_task")
+    manifest, fit = _add(seq, "colors", keyword_rows(20, seed=2), "acm", search_epochs=0,
                             forced_layers=[])
-    assert [d["module"] for d in fit.decisions] == first.routes["colors"].layers
+    assert [d.module for d in fit.decisions] == first.routes["colors"].layers
     assert fit.replayed == []
     assert set(manifest.routes) == {"colors"}
     assert len(manifest.modules) == 2  # tuned copies replace the originals

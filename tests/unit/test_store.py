@@ -40,7 +40,8 @@ def test_records_round_trip() -> None:
     assert again.route_params("t1") == 100
     assert again.module_users() == {"a" * 64: ["t1"]}
     assert again.totals()["one_adapter_per_task_params"] == 200
-    job = JobRecord(job_id="job_0123456789abcdef", task_id="t1", dataset_id="ds", strategy="x")
+    job = JobRecord(job_id="job_0123456789abcdef", task_id="t1", dataset_id="ds",
+                    strategy="per_task")
     assert JobRecord.from_json(job.to_json()) == job
 
 

@@ -140,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
     from adapters_store.settings import Settings
-    from adapters_store.strategy_params import resolve
+    from adapters_store.strategy_params import StrategyOverrides, resolve
     from worker.continual.presets import ALL_STRATEGIES, PRESETS
     from worker.continual.report import differences, read, render, result_path, write
     from worker.continual.runner import RunConfig, quiet_progress, run_strategy
@@ -187,12 +187,14 @@ def main(argv: list[str] | None = None) -> int:
     except SequenceError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    params = {s: preset.params.get(s, {}) | cli_params.get(s, {})
-              for s in set(preset.params) | set(cli_params)}
+    raw_params = {s: preset.params.get(s, {}) | cli_params.get(s, {})
+                  for s in set(preset.params) | set(cli_params)}
     model, device = build_model(settings)
     try:  # a bad hyperparameter fails now, not after the strategies before it have run
+        params = {s: StrategyOverrides.model_validate(v) for s, v in raw_params.items()}
         for strategy in strategies:
-            resolve(strategy, params.get(strategy, {}), settings, model.num_layers)
+            resolve(strategy, params.get(strategy, StrategyOverrides()), settings,
+                    model.num_layers)
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -13,12 +13,15 @@ from typing import Any
 
 import torch
 
+from adapters_store.records import LayerDecision
 from adapters_store.settings import Settings
+from adapters_store.strategy_params import StrategyOverrides
 from worker.continual.metrics import average, bwt, forgetting
 from worker.continual.sequences import TaskData
+from worker.evaluation import accuracy
+from worker.progress import Progress
 from worker.routed_model import RoutedEncoder
 from worker.sequence import Sequence
-from worker.training import Progress, accuracy
 
 # (strategy, task index, task name) -> a progress callback and a closer for that task
 ProgressFactory = Callable[[str, int, str], tuple[Callable[[Progress], None], Callable[[], None]]]
@@ -32,13 +35,13 @@ def quiet_progress(strategy: str, index: int, task: str
 @dataclass
 class RunConfig:
     settings: Settings
-    params: dict[str, dict[str, Any]]
+    params: dict[str, StrategyOverrides]
     device: torch.device
 
 
-def _decisions(fit_decisions: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    keep = ("layer", "choice", "forced", "module", "weights")
-    return [{k: d.get(k) for k in keep} for d in fit_decisions]
+def _decisions(decisions: list[LayerDecision]) -> list[dict[str, Any]]:
+    return [d.model_dump(include={"layer", "choice", "forced", "module", "weights"})
+            for d in decisions]
 
 
 def run_strategy(strategy: str, tasks: list[TaskData], model: RoutedEncoder, cfg: RunConfig,
@@ -48,7 +51,7 @@ def run_strategy(strategy: str, tasks: list[TaskData], model: RoutedEncoder, cfg
     # The same on each task's validation split (from its train rows): what tuning may look at.
     val_matrix: list[list[float | None]] = [[None] * n for _ in range(n)]
     steps: list[dict[str, Any]] = []
-    overrides = cfg.params.get(strategy, {})
+    overrides = cfg.params.get(strategy, StrategyOverrides())
     with TemporaryDirectory(prefix=f"adapterd-bench-{strategy}-") as tmp:
         seq = Sequence(model, Path(tmp), cfg.settings, device=cfg.device)
         for i, task in enumerate(tasks):
@@ -56,16 +59,13 @@ def run_strategy(strategy: str, tasks: list[TaskData], model: RoutedEncoder, cfg
             seq.progress = report
             started = time.monotonic()
             try:
-                manifest, fit = seq.add(task.name, task.train, strategy, **overrides)
+                out = seq.add(task.name, task.train, strategy, overrides)
             finally:
                 close()
             train_seconds = time.monotonic() - started
-            parent = seq.manifests[-2] if len(seq.manifests) > 1 else None
-            new_ids = {m.content_id() for m in fit.new_modules}
-            params_added = sum(manifest.modules[m].params for m in new_ids
-                               if parent is None or m not in parent.modules)
+            manifest, job = out.manifest, out.result
             started = time.monotonic()
-            loaded = seq.state.bank.sync(manifest)
+            loaded = seq.bank.sync(manifest)
             for j in range(i + 1):
                 t = loaded.tasks[tasks[j].name]
                 for m, rows in ((matrix, tasks[j].test), (val_matrix, seq.data[tasks[j].name][1])):
@@ -78,14 +78,13 @@ def run_strategy(strategy: str, tasks: list[TaskData], model: RoutedEncoder, cfg
                 "task": task.name, "train_rows": len(train_rows), "val_rows": len(val_rows),
                 "test_rows": len(task.test), "val_accuracy": val_acc,
                 "train_seconds": round(train_seconds, 2), "eval_seconds": round(eval_seconds, 2),
-                "params_added": params_added, "route_params": manifest.route_params(task.name),
+                "params_added": job.params_added, "route_params": manifest.route_params(task.name),
                 "head_params": manifest.routes[task.name].head.params,
                 "bank_adapter_params": totals["adapter_params"],
                 "bank_head_params": totals["head_params"], "bank_modules": totals["modules"],
-                "decisions": _decisions(fit.decisions), "replayed": fit.replayed,
-                "old_tasks_val": {t: {"before": e.before, "after": e.after}
-                                  for t, e in fit.old_tasks.items()},
-                "strategy_params": manifest.routes[task.name].strategy_params,
+                "decisions": _decisions(job.decisions), "replayed": job.replayed,
+                "old_tasks_val": {t: e.model_dump() for t, e in job.old_tasks.items()},
+                "strategy_params": manifest.routes[task.name].strategy_params.model_dump(),
             })
         final = seq.live.totals() if seq.live else {}
     result: dict[str, Any] = {

@@ -1,4 +1,7 @@
-"""Continual-learning strategies: each decides a new task's route and trains what it adds."""
+"""Continual-learning strategies: each decides a new task's route and trains what it adds.
+
+A strategy is one file with one ``fit_<name>(FitContext) -> FitResult`` and one line here; its
+name joins ``StrategyName`` and its hyperparameters one of the typed params models."""
 
 from __future__ import annotations
 

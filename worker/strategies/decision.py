@@ -3,20 +3,28 @@
 from __future__ import annotations
 
 import random
-import time
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 from torch import nn
 
-from worker.bank import LoadedVersion
-from worker.modules import PARALLEL, AdapterModule
+from adapters_store.records import LayerDecision
+from worker.fit_loop import (
+    Batch,
+    Fit,
+    param_groups,
+    set_trainable,
+    shuffled_batches,
+    steps_per_epoch,
+)
+from worker.model_families import PARALLEL
+from worker.modules import AdapterModule
 from worker.strategies.fit import FitContext
-from worker.training import Progress, items_of, param_groups
 
 EMPTY = "empty"
 NEW = "new"
+WARMUP = "warmup"
+SEARCH = "searching"
 
 
 @dataclass
@@ -56,36 +64,35 @@ class MixtureRouting:
         return out
 
 
-def old_modules_at(parent: LoadedVersion | None, layer: int,
-                   kind: str) -> list[tuple[str, AdapterModule]]:
-    """Distinct modules earlier tasks use at ``layer``, oldest first (the code's numeric order)."""
+def old_modules_at(ctx: FitContext, layer: int) -> list[tuple[str, AdapterModule]]:
+    """Distinct modules of this kind that earlier tasks use at ``layer``, oldest first (the
+    authors' code orders candidates by creation)."""
+    parent = ctx.parent
     if parent is None:
         return []
     manifest = parent.manifest
     ids = {r.layers[layer] for r in manifest.routes.values() if r.layers[layer] is not None}
-    recs = sorted((manifest.modules[i] for i in ids if manifest.modules[i].kind == kind),
+    recs = sorted((manifest.modules[i] for i in ids
+                   if manifest.modules[i].kind == ctx.params.module_kind),
                   key=lambda rec: (int(rec.created_in.lstrip("v") or 0), rec.id))
-    by_id = {id_: m for t in parent.tasks.values()
-             for id_, m in zip(manifest.routes[t.task_id].layers, t.modules, strict=True)
-             if id_ is not None}
-    return [(rec.id, by_id[rec.id]) for rec in recs]
+    return [(rec.id, parent.module(rec.id)) for rec in recs]
 
 
 def build_search(ctx: FitContext, with_empty: bool) -> tuple[list[LayerSearch],
                                                                list[AdapterModule]]:
-    p = ctx.params
-    forced = set(p["forced_layers"])
+    p = ctx.search_params()
+    forced = set(p.forced_layers)
     layers, new_modules = [], []
-    for layer in range(ctx.model.num_layers):
+    for layer in range(ctx.num_layers):
         new = ctx.new_module(layer)
         new_modules.append(new)
         if layer in forced:
             layers.append(LayerSearch(layer, [NEW], [new], None, True))
             continue
-        old = old_modules_at(ctx.parent, layer, p["module_kind"])
+        old = old_modules_at(ctx, layer)
         labels = ([EMPTY] if with_empty else []) + [i for i, _ in old] + [NEW]
         modules = ([None] if with_empty else []) + [m for _, m in old] + [new]
-        init = ([p["alpha"]] if with_empty else []) + [p["beta"]] * len(old) + [-p["beta"]]
+        init = ([p.alpha] if with_empty else []) + [p.beta] * len(old) + [-p.beta]
         logits = nn.Parameter(torch.tensor(init, device=ctx.device), requires_grad=False)
         layers.append(LayerSearch(layer, labels, modules, logits, False))
     return layers, new_modules
@@ -96,57 +103,50 @@ def entropy(logits: torch.Tensor) -> torch.Tensor:
     return -(logp.exp() * logp).sum()
 
 
+def decision_steps(ctx: FitContext) -> dict[str, int]:
+    p = ctx.search_params()
+    per_epoch = steps_per_epoch(len(ctx.train_rows), p.batch_size)
+    return {WARMUP: per_epoch * p.warmup_epochs, SEARCH: per_epoch * p.search_epochs}
+
+
 def run_decision(ctx: FitContext, layers: list[LayerSearch], new_modules: list[AdapterModule],
                  head: nn.Linear) -> None:
     """Warm-up epochs train the new modules (and head) inside the mixture with logits frozen;
-    search epochs also train the logits, with the entropy penalty on each layer's softmax."""
-    p = ctx.params
-    warmup, search = p["warmup_epochs"], p["search_epochs"]
+    search epochs also train the logits, with the entropy penalty on each layer's softmax. One
+    optimiser spans both, at a constant rate, as in the authors' code."""
+    p = ctx.search_params()
+    warmup, search = p.warmup_epochs, p.search_epochs
     logits = [s.logits for s in layers if s.logits is not None]
-    for module in new_modules:
-        module.train().requires_grad_(True)
-    head.train().requires_grad_(True)
-    groups = param_groups(new_modules, head, ctx.train_config())
+    set_trainable([*new_modules, head], True)
+    groups = param_groups(new_modules, [head], p.learning_rate, p.head_learning_rate,
+                          p.weight_decay)
     if logits:  # weight decay reaches the logits too in the authors' code
-        groups.append({"params": logits, "lr": p["search_learning_rate"],
-                       "weight_decay": ctx.weight_decay})
-    optimizer = torch.optim.AdamW(groups, eps=1e-6)
+        groups.append({"params": logits, "lr": p.search_learning_rate,
+                       "weight_decay": p.weight_decay})
+    total = sum(decision_steps(ctx).values())
+    fit = Fit(ctx.model, ctx.clock, groups, total, warmup_fraction=None)
     routing = MixtureRouting(layers)
-    rows, bs = ctx.train_rows, p["batch_size"]
     rng = random.Random(ctx.seed)
-    order = list(range(len(rows)))
-    total = (warmup + search) * -(-len(rows) // bs)
-    step, started, ema = 0, time.monotonic(), None
+
+    def regulariser() -> torch.Tensor:
+        return p.entropy_coef * sum(entropy(lg) for lg in logits)  # type: ignore[return-value]
+
     for epoch in range(warmup + search):
         searching = epoch >= warmup
         for lg in logits:
             lg.requires_grad_(searching)
-        rng.shuffle(order)
-        for start in range(0, len(order), bs):
-            batch_rows = [rows[i] for i in order[start:start + bs]]
-            batch = ctx.model.base.tokenize(items_of(batch_rows), ctx.device)
-            targets = torch.tensor([ctx.label_index[r.label] for r in batch_rows],
-                                   device=ctx.device)
-            loss = nn.functional.cross_entropy(head(ctx.model.embed(batch, routing)), targets)
-            if searching and logits:
-                loss = loss + p["entropy_coef"] * sum(entropy(lg) for lg in logits)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_([q for g in groups for q in g["params"]], 1.0)
-            optimizer.step()
-            step += 1
-            value = loss.item()
-            ema = value if ema is None else 0.9 * ema + 0.1 * value
-            elapsed = time.monotonic() - started
-            ctx.progress(Progress("searching" if searching else "warmup", epoch + 1,
-                                  warmup + search, step, total, ema,
-                                  elapsed / step * (total - step)))
+        batches = (Batch(rows, routing, head, ctx.label_index)
+                   for rows in shuffled_batches(ctx.train_rows, p.batch_size, rng))
+        stage, stage_epoch, stage_epochs = (SEARCH, epoch - warmup, search) if searching \
+            else (WARMUP, epoch, warmup)
+        fit.epoch(stage, stage_epoch, stage_epochs, batches,
+                  regulariser if searching and logits else None)
     for lg in logits:
         lg.requires_grad_(False)
 
 
 def decide(layers: list[LayerSearch], new_modules: list[AdapterModule]
-           ) -> tuple[list[AdapterModule | None], list[AdapterModule], list[dict[str, Any]]]:
+           ) -> tuple[list[AdapterModule | None], list[AdapterModule], list[LayerDecision]]:
     """argmax per layer; unselected new modules are dropped."""
     route: list[AdapterModule | None] = []
     kept: list[AdapterModule] = []
@@ -162,11 +162,10 @@ def decide(layers: list[LayerSearch], new_modules: list[AdapterModule]
         route.append(search.modules[idx])
         if choice == NEW:
             kept.append(new)
-        decisions.append({
-            "layer": search.layer, "choice": choice, "forced": search.forced,
-            "module": label if choice == "reuse" else None,
-            "weights": {lbl: round(w, 6) for lbl, w in zip(search.labels, weights, strict=True)},
-            "logits": [] if search.logits is None else [round(v, 6)
-                                                        for v in search.logits.tolist()],
-        })
+        decisions.append(LayerDecision(
+            layer=search.layer, choice=choice, forced=search.forced,
+            module=label if choice == "reuse" else None,
+            weights={lbl: round(w, 6) for lbl, w in zip(search.labels, weights, strict=True)},
+            logits=[] if search.logits is None else [round(v, 6)
+                                                     for v in search.logits.tolist()]))
     return route, kept, decisions

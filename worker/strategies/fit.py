@@ -2,21 +2,38 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import random
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
 import torch
 from torch import nn
 
 from adapters_store.datasets import Row
+from adapters_store.records import LayerDecision, OldTaskEval
+from adapters_store.strategy_params import PlainParams, SearchParams
 from worker.bank import LoadedVersion
-from worker.modules import AdapterModule, module_config
+from worker.evaluation import accuracy
+from worker.fit_loop import (
+    Batch,
+    Fit,
+    param_groups,
+    set_trainable,
+    shuffled_batches,
+    steps_per_epoch,
+)
+from worker.modules import AdapterModule
+from worker.progress import JobClock
 from worker.routed_model import RoutedEncoder
-from worker.training import ProgressFn, TrainConfig, accuracy
+from worker.routing import Routing
 
 # task id -> (train rows, held-out rows) of an earlier task, split exactly as when it was trained
 TaskRows = Callable[[str], tuple[list[Row], list[Row]]]
+Route = list[AdapterModule | None]
+
+
+def no_task_rows(task_id: str) -> tuple[list[Row], list[Row]]:
+    raise KeyError(f"no stored rows for task {task_id!r}")
 
 
 @dataclass
@@ -26,33 +43,28 @@ class FitContext:
     task_id: str
     train_rows: list[Row]
     labels: list[str]
-    params: dict[str, Any]
-    progress: ProgressFn
+    params: PlainParams | SearchParams
+    clock: JobClock
     device: torch.device
     seed: int
-    task_rows: TaskRows | None = None
-    weight_decay: float = 0.01
+    task_rows: TaskRows = no_task_rows
 
     @property
     def label_index(self) -> dict[str, int]:
         return {label: i for i, label in enumerate(self.labels)}
 
-    def train_config(self, epochs: int | None = None) -> TrainConfig:
-        p = self.params
-        return TrainConfig(epochs=p["epochs"] if epochs is None else epochs,
-                           batch_size=p["batch_size"], lr=p["learning_rate"],
-                           head_lr=p["head_learning_rate"], weight_decay=self.weight_decay,
-                           seed=self.seed)
+    @property
+    def num_layers(self) -> int:
+        return self.model.num_layers
 
-    def module_config(self) -> dict[str, Any]:
-        p = self.params
-        return module_config(p["module_kind"], self.model.base.info.hidden_size,
-                             size=p["bottleneck_size"], rank=p["lora_rank"],
-                             alpha=p["lora_alpha"], targets=p["lora_targets"])
+    def search_params(self) -> SearchParams:
+        if not isinstance(self.params, SearchParams):
+            raise TypeError(f"strategy {self.params.strategy!r} has no search parameters")
+        return self.params
 
     def new_module(self, layer: int) -> AdapterModule:
-        module = AdapterModule(self.params["module_kind"], layer, self.module_config())
-        return module.to(self.device)
+        config = self.params.module_config(self.model.base.info.hidden_size)
+        return AdapterModule(layer, config).to(self.device)
 
     def new_head(self, num_labels: int | None = None) -> nn.Linear:
         """A fresh head for this task's labels, or for ``num_labels`` (an earlier task's)."""
@@ -62,21 +74,38 @@ class FitContext:
         nn.init.zeros_(head.bias)
         return head.to(self.device)
 
+    def module(self, module_id: str) -> AdapterModule:
+        """An earlier version's module by id (the bank's frozen original: copy before training)."""
+        if self.parent is None:
+            raise KeyError(module_id)
+        return self.parent.module(module_id)
 
-@dataclass
-class OldTaskEval:
-    before: float
-    after: float
+    def held_out_accuracy(self, task_id: str, route: Sequence[AdapterModule | None],
+                          head: nn.Linear) -> float:
+        """An earlier task's accuracy on its stored held-out rows along ``route`` and ``head``."""
+        if self.parent is None:
+            return float("nan")
+        rows = self.task_rows(task_id)[1]
+        return accuracy(self.model, route, head, rows, self.parent.tasks[task_id].label_index)
+
+    def current_accuracy(self, task_id: str) -> float:
+        """An earlier task's held-out accuracy on the parent version, as it serves now."""
+        runtime = self.parent.tasks[task_id]  # type: ignore[union-attr]
+        return self.held_out_accuracy(task_id, runtime.modules, runtime.head)
 
 
 @dataclass
 class FitResult:
-    """The task's route (module objects or None per layer), what is new or changed, its head."""
+    """The task's route (module objects or None per layer), what is new or changed, its head.
 
-    route: list[AdapterModule | None]
+    Module identity is the content id: a new module gets one when it is written, and every
+    reused module is a working copy of a bank module listed by its original id in
+    ``updated_modules`` (an unchanged copy keeps its id, a changed one gets a new id)."""
+
+    route: Route
     new_modules: list[AdapterModule]
     head: nn.Linear
-    decisions: list[dict[str, Any]] = field(default_factory=list)
+    decisions: list[LayerDecision] = field(default_factory=list)
     # old module id -> its tuned working copy (replay may change shared modules)
     updated_modules: dict[str, AdapterModule] = field(default_factory=dict)
     # earlier task -> its tuned head (replay batches train the replayed task's whole path)
@@ -85,22 +114,33 @@ class FitResult:
     old_tasks: dict[str, OldTaskEval] = field(default_factory=dict)
 
 
-def held_out_accuracy(ctx: FitContext, task_id: str, route: list[AdapterModule | None],
-                      head: nn.Linear) -> float:
-    """An earlier task's accuracy on its stored held-out rows along ``route`` and ``head``."""
-    if ctx.parent is None or ctx.task_rows is None:
-        return float("nan")
-    rows = ctx.task_rows(task_id)[1]
-    return accuracy(ctx.model, route, head, rows, ctx.parent.tasks[task_id].label_index)
+def train_plain(ctx: FitContext, route: Route, head: nn.Linear, stage: str = "training") -> None:
+    """Train every module on ``route`` and ``head`` on the task's rows (per_task, seqft)."""
+    p = ctx.params
+    modules = [m for m in route if m is not None]
+    total = steps_per_epoch(len(ctx.train_rows), p.batch_size) * p.epochs
+    ctx.clock.plan(stage, total)
+    set_trainable([*modules, head], True)
+    fit = Fit(ctx.model, ctx.clock, param_groups(modules, [head], p.learning_rate,
+                                                 p.head_learning_rate, p.weight_decay),
+              total, warmup_fraction=0.06)
+    rng = random.Random(ctx.seed)
+    routing = Routing.uniform(route)
+    for epoch in range(p.epochs):
+        batches = (Batch(rows, routing, head, ctx.label_index)
+                   for rows in shuffled_batches(ctx.train_rows, p.batch_size, rng))
+        fit.epoch(stage, epoch, p.epochs, batches)
+    set_trainable([*modules, head], False)
 
 
-def shared_set(ctx: FitContext, strategy: str) -> tuple[list[str], list[str]]:
-    """The one module set that earlier tasks of ``strategy`` all use (module ids per layer), and
+def shared_set(ctx: FitContext) -> tuple[list[str], list[str]]:
+    """The one module set that earlier tasks of this strategy all use (module ids per layer), and
     those tasks; empty when there is none yet, or it was built with another module kind."""
     parent = ctx.parent
     if parent is None:
         return [], []
     manifest = parent.manifest
+    strategy = ctx.params.strategy
     members = sorted(t for t, r in manifest.routes.items() if r.strategy == strategy
                      and t != ctx.task_id and all(m is not None for m in r.layers))
     if not members:
@@ -108,6 +148,6 @@ def shared_set(ctx: FitContext, strategy: str) -> tuple[list[str], list[str]]:
     # Each publish moves every member to the tuned set; the latest-trained member has it.
     latest = max(members, key=lambda t: (int(manifest.routes[t].trained_in.lstrip("v")), t))
     ids = [m for m in manifest.routes[latest].layers if m is not None]
-    if any(manifest.modules[m].kind != ctx.params["module_kind"] for m in ids):
+    if any(manifest.modules[m].kind != ctx.params.module_kind for m in ids):
         return [], []
     return ids, [t for t in members if manifest.routes[t].layers == manifest.routes[latest].layers]

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import torch
 
-from worker.strategies.fit import FitContext, FitResult, OldTaskEval, held_out_accuracy, shared_set
+from adapters_store.records import LayerDecision, OldTaskEval
+from worker.strategies.fit import FitContext, FitResult, shared_set
 from worker.strategies.tuning import Path, ReplayPlan, run_tuning
-
-MULTITASK = "multitask"
 
 
 def fit_multitask(ctx: FitContext) -> FitResult:
@@ -15,23 +14,22 @@ def fit_multitask(ctx: FitContext) -> FitResult:
     rows plus the new task's, in interleaved single-task batches (each batch steps its own head
     and the shared set). Earlier members move to the new set and heads."""
     torch.manual_seed(ctx.seed)
-    ids, members = shared_set(ctx, MULTITASK)
-    route = [ctx.new_module(layer) for layer in range(ctx.model.num_layers)]
+    ids, members = shared_set(ctx)
+    route = [ctx.new_module(layer) for layer in range(ctx.num_layers)]
     plan = ReplayPlan(copies=dict(zip(ids, route, strict=True)) if ids else {})
     before = {}
     for task_id in members:
         runtime = ctx.parent.tasks[task_id]  # type: ignore[union-attr]
-        before[task_id] = held_out_accuracy(ctx, task_id, runtime.modules, runtime.head)
+        before[task_id] = ctx.current_accuracy(task_id)
         plan.paths[task_id] = Path(task_id, list(route), ctx.new_head(len(runtime.labels)),
                                    runtime.label_index)
-        plan.rows[task_id] = list(ctx.task_rows(task_id)[0]) if ctx.task_rows else []
+        plan.rows[task_id] = list(ctx.task_rows(task_id)[0])
     head = ctx.new_head()
-    run_tuning(ctx, Path(ctx.task_id, list(route), head, ctx.label_index), plan, route)
-    old_tasks = {t: OldTaskEval(before[t], held_out_accuracy(ctx, t, list(route),
-                                                             plan.paths[t].head))
-                 for t in members}
-    decisions = [{"layer": layer, "choice": "new", "forced": False, "module": None}
-                 for layer in range(ctx.model.num_layers)]
+    run_tuning(ctx, Path(ctx.task_id, list(route), head, ctx.label_index), plan, route,
+               layer_loss_weight=0.0)
+    old_tasks = {t: OldTaskEval(before=before[t], after=ctx.held_out_accuracy(
+        t, list(route), plan.paths[t].head)) for t in members}
+    decisions = [LayerDecision(layer=layer, choice="new") for layer in range(ctx.num_layers)]
     return FitResult(route=list(route), new_modules=[] if ids else list(route), head=head,
                      decisions=decisions, updated_modules=plan.copies,
                      updated_heads={t: p.head for t, p in plan.paths.items()},

@@ -1,0 +1,46 @@
+"""Scoring a route and head on labelled rows: predictions, accuracy, the majority baseline."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from adapters_store.datasets import Row
+from adapters_store.streams import InputItem
+from worker.modules import AdapterModule
+from worker.routed_model import RoutedEncoder
+from worker.routing import Routing
+
+
+def items_of(rows: Sequence[Row]) -> list[InputItem]:
+    return [InputItem(text=r.text, text_pair=r.text_pair) for r in rows]
+
+
+@torch.no_grad()
+def predict_route(model: RoutedEncoder, route: Sequence[AdapterModule | None], head: nn.Linear,
+                  rows: Sequence[Row], batch_size: int = 64) -> list[int]:
+    """Argmax class index for each row along one route."""
+    device = next(head.parameters()).device
+    routing = Routing.uniform(list(route))
+    out: list[int] = []
+    for start in range(0, len(rows), batch_size):
+        batch = model.base.tokenize(items_of(rows[start:start + batch_size]), device)
+        out.extend(head(model.embed(batch, routing)).argmax(-1).tolist())
+    return out
+
+
+def accuracy(model: RoutedEncoder, route: Sequence[AdapterModule | None], head: nn.Linear,
+             rows: Sequence[Row], label_index: dict[str, int]) -> float:
+    if not rows:
+        return float("nan")
+    predicted = predict_route(model, route, head, rows)
+    # A label the head lacks (a test row of a class absent from training) counts as wrong.
+    right = sum(p == label_index.get(r.label, -1) for p, r in zip(predicted, rows, strict=True))
+    return right / len(rows)
+
+
+def majority_share(rows: Sequence[Row]) -> float:
+    labels = [r.label for r in rows]
+    return max(labels.count(label) for label in set(labels)) / len(labels) if labels else 0.0
