@@ -92,7 +92,10 @@ class AdapterModule(nn.Module):
         return h.hexdigest()
 
     def to_bytes(self) -> bytes:
-        return st_save(self.tensors(), metadata={"kind": self.kind, "layer": str(self.layer)})
+        # One metadata key: safetensors writes several in hash order, so the same module would
+        # get different bytes (and blob digests) in different processes.
+        spec = json.dumps({"kind": self.kind, "layer": self.layer}, sort_keys=True)
+        return st_save(self.tensors(), metadata={"adapterd": spec})
 
     @classmethod
     def from_bytes(cls, layer: int, config: ModuleConfig, data: bytes) -> AdapterModule:
