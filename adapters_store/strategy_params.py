@@ -18,7 +18,8 @@ if TYPE_CHECKING:
     from adapters_store.settings import Settings
 
 # The one list of strategy names: Settings, the API, the CLI and the trainer all read it.
-StrategyName = Literal["safm", "acm", "per_task", "seqft", "multitask"]
+# In reporting order: the baselines, then the searches, then the upper bound.
+StrategyName = Literal["seqft", "per_task", "acm", "safm", "multitask"]
 STRATEGY_NAMES: tuple[str, ...] = get_args(StrategyName)
 PlainStrategy = Literal["per_task", "seqft", "multitask"]
 SearchStrategy = Literal["safm", "acm"]

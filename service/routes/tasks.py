@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated
 
 import anyio
 from fastapi import APIRouter, Query, Request, Response
@@ -70,10 +70,10 @@ async def upload_dataset(
                           status_url=f"/v1/jobs/{job.job_id}")
 
 
-def hyperparameters(request: Request) -> dict[str, Any]:
+def hyperparameters(request: Request) -> dict[str, str | list[str]]:
     """Query parameters other than strategy/filename are strategy hyperparameters
-    (``forced_layers`` as ``2,3`` or repeated); validated by StrategyParams."""
-    raw: dict[str, Any] = {}
+    (``forced_layers`` as ``2,3`` or repeated); validated by StrategyOverrides."""
+    raw: dict[str, str | list[str]] = {}
     for key in request.query_params:
         if key in ("strategy", "filename"):
             continue

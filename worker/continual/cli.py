@@ -14,6 +14,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from worker.continual.presets import Value
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -72,8 +74,8 @@ def _pairs(items: list[str], what: str) -> dict[str, str]:
     return out
 
 
-def _params(items: list[str]) -> dict[str, dict[str, Any]]:
-    out: dict[str, dict[str, Any]] = {}
+def _params(items: list[str]) -> dict[str, dict[str, Value]]:
+    out: dict[str, dict[str, Value]] = {}
     for item in items:
         strategy, sep, rest = item.partition(":")
         if not sep:

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
 
-ALL_STRATEGIES = ("seqft", "per_task", "acm", "safm", "multitask")
+from adapters_store.strategy_params import STRATEGY_NAMES
+
+ALL_STRATEGIES = STRATEGY_NAMES
+# A Settings field's value, or an upload hyperparameter as the command line gives it.
+Value = str | int | float | list[int]
 
 
 @dataclass(frozen=True)
@@ -16,8 +19,8 @@ class Preset:
     name: str
     train_cap: int | None
     test_cap: int | None
-    settings: dict[str, Any]
-    params: dict[str, dict[str, Any]] = field(default_factory=dict)
+    settings: dict[str, Value]
+    params: dict[str, dict[str, Value]] = field(default_factory=dict)
     description: str = ""
 
 
