@@ -16,7 +16,12 @@ DEFAULT_URL = "http://127.0.0.1:8000"
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from worker.continual.cli import main as continual_main  # late: torch lives in worker
+    # Late imports: torch lives in worker, and the client commands never need it.
+    if args.benchmark == "serving":
+        from worker.serving_bench.cli import main as serving_main
+
+        return serving_main(args.bench_args)
+    from worker.continual.cli import main as continual_main
 
     return continual_main(args.bench_args)
 
@@ -62,9 +67,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="inference workers to start (default 1)")
 
     bench = add("bench", "run a benchmark in process (needs the worker extra)")
-    bench.add_argument("benchmark", choices=("continual",))
+    bench.add_argument("benchmark", choices=("continual", "serving"))
     bench.add_argument("bench_args", nargs=argparse.REMAINDER,
-                       help="the benchmark's own options (see: adapterd bench continual -h)")
+                       help="the benchmark's own options (see: adapterd bench serving -h)")
 
     upload = add("upload", "upload a JSONL or CSV dataset for a task and enqueue training")
     upload.add_argument("task_id")

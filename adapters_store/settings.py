@@ -43,6 +43,9 @@ class Settings(BaseSettings):
     # Inference worker
     max_batch: int = Field(32, ge=1, le=4096)
     max_wait_ms: int = Field(5, ge=0, le=10_000)
+    # One forward holds at most this many padded tokens (rows x longest row); rows are bucketed
+    # by length into as many forwards as needed.
+    max_batch_tokens: int = Field(4096, ge=64, le=1_000_000)
     claim_idle_ms: int = Field(10_000, ge=100)
     heartbeat_s: float = Field(2.0, gt=0)
     keep_versions: int = Field(2, ge=1, le=64)

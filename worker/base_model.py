@@ -60,6 +60,38 @@ class BaseEncoder:
         return {k: v.to(device) for k, v in enc.items() if k in self.family.inputs}
 
 
+    def encode(self, items: list[InputItem]) -> list[dict[str, list[int]]]:
+        """Each item's token ids (and the other inputs the model takes), unpadded, truncated like
+        ``tokenize``: the serving path pads per micro-batch after bucketing rows by length."""
+        out: list[dict[str, list[int]] | None] = [None] * len(items)
+        for pairs in (False, True):
+            idx = [i for i, it in enumerate(items) if (it.text_pair is not None) == pairs]
+            if not idx:
+                continue
+            kwargs = {"text_pair": [items[i].text_pair for i in idx]} if pairs else {}
+            enc = self.tokenizer([items[i].text for i in idx], **kwargs, truncation=True,
+                                 max_length=self.max_length)
+            keys = [k for k in self.family.inputs if k in enc]
+            for n, i in enumerate(idx):
+                out[i] = {k: enc[k][n] for k in keys}
+        return out  # type: ignore[return-value]
+
+    def collate(self, rows: list[dict[str, list[int]]],
+                device: torch.device) -> dict[str, torch.Tensor]:
+        """Right-pad encoded rows into one batch, as the tokenizer pads."""
+        width = max(len(r["input_ids"]) for r in rows)
+        pad = self.tokenizer.pad_token_id or 0
+        batch: dict[str, torch.Tensor] = {}
+        for key in rows[0]:
+            fill = pad if key == "input_ids" else 0
+            t = torch.full((len(rows), width), fill, dtype=torch.long)
+            for n, r in enumerate(rows):
+                t[n, :len(r[key])] = torch.tensor(r[key], dtype=torch.long)
+            batch[key] = t
+        # Pairs and singles may share a batch: a single's token types are all 0 anyway.
+        return {k: v.to(device) for k, v in batch.items()}
+
+
 def _fingerprint(*parts: bytes) -> str:
     h = hashlib.sha256()
     for p in parts:

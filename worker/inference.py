@@ -17,13 +17,12 @@ from adapters_store.streams import (
     Heartbeat,
     InferenceReply,
     InferenceRequest,
-    InputItem,
     Prediction,
     ReplyError,
 )
-from worker.bank import LoadedBank, LoadedVersion
-from worker.routed_model import RoutedEncoder, apply_heads
-from worker.routing import Routing
+from worker.bank import LoadedBank, LoadedVersion, TaskRuntime
+from worker.routed_model import RoutedEncoder
+from worker.routing import SegmentRouting
 from worker.runtime import GracefulStop, build_model, configure_logging
 from worker.stream_worker import Entry, StreamConfig, StreamWorker
 
@@ -37,49 +36,57 @@ class Pending:
     received: float
 
 
-def _pad_cat(parts: list[dict[str, torch.Tensor]], pad_id: int) -> dict[str, torch.Tensor]:
-    """Concatenate separately tokenised batches (singles, pairs) into one, right-padded."""
-    if len(parts) == 1:
-        return parts[0]
-    width = max(p["input_ids"].shape[1] for p in parts)
-    out: dict[str, list[torch.Tensor]] = {}
-    for p in parts:
-        for key, t in p.items():
-            fill = pad_id if key == "input_ids" else 0
-            out.setdefault(key, []).append(
-                torch.nn.functional.pad(t, (0, width - t.shape[1]), value=fill))
-    return {k: torch.cat(v) for k, v in out.items()}
+def length_chunks(lengths: list[int], max_tokens: int) -> list[list[int]]:
+    """Row indexes bucketed by length into forwards of at most ``max_tokens`` padded tokens
+    (rows × longest row), so short rows are not padded to a long one's length."""
+    order = sorted(range(len(lengths)), key=lengths.__getitem__)
+    chunks: list[list[int]] = []
+    current: list[int] = []
+    for k in order:
+        if current and (len(current) + 1) * lengths[k] > max_tokens:
+            chunks.append(current)
+            current = []
+        current.append(k)
+    if current:
+        chunks.append(current)
+    return chunks
 
 
-def run_batch(model: RoutedEncoder, loaded: LoadedVersion,
-              requests: list[InferenceRequest]) -> list[list[Prediction]]:
-    """One forward for every row of every request (each request's task already checked)."""
-    rows: list[tuple[int, InputItem]] = [(i, item) for i, r in enumerate(requests)
-                                         for item in r.inputs]
+def _route_key(task: TaskRuntime) -> tuple[str, ...]:
+    return (*(m or "" for m in task.module_ids), task.task_id)
+
+
+def run_batch(model: RoutedEncoder, loaded: LoadedVersion, requests: list[InferenceRequest],
+              max_tokens: int = 4096) -> list[list[Prediction]]:
+    """Every row of every request (each request's task already checked), in as few forwards as
+    the token budget allows; within a forward rows are sorted by route into segments."""
+    rows: list[tuple[int, int]] = [(i, j) for i, r in enumerate(requests)
+                                   for j in range(len(r.inputs))]
+    items = [requests[i].inputs[j] for i, j in rows]
+    tasks = [loaded.tasks[requests[i].task_id] for i, _ in rows]
+    encoded = model.base.encode(items)
     device = next(model.parameters()).device
-    # Singles then pairs (each group tokenised on its own); a stable sort keeps request order.
-    order = sorted(range(len(rows)), key=lambda k: rows[k][1].text_pair is not None)
-    position = [0] * len(rows)
-    for n, k in enumerate(order):
-        position[k] = n
-    groups = ([rows[k][1] for k in order if rows[k][1].text_pair is None],
-              [rows[k][1] for k in order if rows[k][1].text_pair is not None])
-    parts = [model.base.tokenize(group, device) for group in groups if group]
-    batch = _pad_cat(parts, model.base.tokenizer.pad_token_id or 0)
-    tasks = [loaded.tasks[requests[rows[k][0]].task_id] for k in order]
-    with torch.inference_mode():
-        routing = Routing.from_rows([t.modules for t in tasks], model.num_layers, device)
-        pooled = model.embed(batch, routing)
-        logits = apply_heads(pooled, [t.head for t in tasks])
-    results: list[list[Prediction]] = [[] for _ in requests]
-    for k, (i, _) in enumerate(rows):
-        n = position[k]
-        probs = torch.softmax(logits[n].float(), -1).tolist()
-        task = tasks[n]
-        best = max(range(len(probs)), key=probs.__getitem__)
-        results[i].append(Prediction(label=task.labels[best],
-                                     scores=dict(zip(task.labels, probs, strict=True))))
-    return results
+    results: list[list[Prediction | None]] = [[None] * len(r.inputs) for r in requests]
+    for chunk in length_chunks([len(e["input_ids"]) for e in encoded], max_tokens):
+        order = sorted(chunk, key=lambda k: _route_key(tasks[k]))
+        batch = model.base.collate([encoded[k] for k in order], device)
+        with torch.inference_mode():
+            routing = SegmentRouting.from_sorted_rows([tasks[k].modules for k in order],
+                                                      model.num_layers)
+            pooled = model.embed(batch, routing)
+            start = 0
+            for end in range(1, len(order) + 1):  # one head call per run of one task's rows
+                task = tasks[order[start]]
+                if end < len(order) and tasks[order[end]] is task:
+                    continue
+                probs = torch.softmax(task.head(pooled[start:end]).float(), -1).tolist()
+                for k, p in zip(order[start:end], probs, strict=True):
+                    best = max(range(len(p)), key=p.__getitem__)
+                    i, j = rows[k]
+                    results[i][j] = Prediction(label=task.labels[best],
+                                               scores=dict(zip(task.labels, p, strict=True)))
+                start = end
+    return results  # type: ignore[return-value]
 
 
 class InferenceWorker(StreamWorker):
@@ -173,7 +180,8 @@ class InferenceWorker(StreamWorker):
             loaded = self.bank.get(version)
             started = time.monotonic()
             try:
-                outputs = run_batch(self.model, loaded, requests)
+                outputs = run_batch(self.model, loaded, requests,
+                                    self.settings.max_batch_tokens)
             except Exception as exc:  # noqa: BLE001 - answer every request, never drop it
                 log.exception("worker %s batch failed on %s", self.worker_id, version)
                 for req in requests:

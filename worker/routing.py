@@ -68,6 +68,82 @@ class Routing:
         return y
 
 
+@dataclass(frozen=True)
+class Segment:
+    """Consecutive rows ``start:end`` that take ``module`` at one layer."""
+
+    start: int
+    end: int
+    module: AdapterModule
+
+
+class SegmentRouting:
+    """Routing for a batch whose rows are sorted by route (LoRAX's segments): at each layer, runs of
+    consecutive rows with the same module are contiguous slices, so a module reads and writes its
+    rows in place, with no index_select/index_copy and no copy of the whole activation.
+
+    Sorting rows by their whole route keeps each task's rows together at every layer; a module
+    shared by tasks that are not neighbours in that order just gets one segment per run.
+    """
+
+    def __init__(self, layers: list[list[Segment]], rows: int) -> None:
+        self.layers = layers
+        self.rows = rows
+
+    @classmethod
+    def from_sorted_rows(cls, row_routes: list[list[AdapterModule | None]],
+                         num_layers: int) -> SegmentRouting:
+        layers: list[list[Segment]] = []
+        for layer in range(num_layers):
+            segments: list[Segment] = []
+            start = 0
+            for row in range(1, len(row_routes) + 1):
+                module = row_routes[start][layer]
+                if row < len(row_routes) and row_routes[row][layer] is module:
+                    continue
+                if module is not None:
+                    segments.append(Segment(start, row, module))
+                start = row
+            layers.append(segments)
+        return cls(layers, len(row_routes))
+
+    def apply(self, layer: int, part: str, mode: str, x: torch.Tensor,
+              y: torch.Tensor) -> torch.Tensor:
+        segments = [s for s in self.layers[layer] if part in s.module.parts]
+        if not segments:
+            return y
+        if len(segments) == 1 and segments[0].start == 0 and segments[0].end == self.rows:
+            fn = segments[0].module.parts[part]
+            return y + fn(x) if mode == PARALLEL else fn(y)
+        if torch.is_grad_enabled():  # a module's backward may need the rows it read
+            return self._out_of_place(segments, part, mode, x, y)
+        # y is the frozen Linear's fresh output: writing into it is safe and saves a full copy.
+        for seg in segments:
+            fn = seg.module.parts[part]
+            if mode == PARALLEL:
+                y[seg.start:seg.end] += fn(x[seg.start:seg.end])
+            else:
+                y[seg.start:seg.end] = fn(y[seg.start:seg.end])
+        return y
+
+    def _out_of_place(self, segments: list[Segment], part: str, mode: str, x: torch.Tensor,
+                      y: torch.Tensor) -> torch.Tensor:
+        pieces, at = [], 0
+        for seg in segments:
+            pieces.append(y[at:seg.start])
+            fn = seg.module.parts[part]
+            ys = y[seg.start:seg.end]
+            pieces.append(ys + fn(x[seg.start:seg.end]) if mode == PARALLEL else fn(ys))
+            at = seg.end
+        pieces.append(y[at:])
+        return torch.cat(pieces)
+
+
+def route_order(keys: list[tuple[str, ...]]) -> list[int]:
+    """Row indexes sorted by route key (stable), so equal routes become neighbours."""
+    return sorted(range(len(keys)), key=keys.__getitem__)
+
+
 class RoutingLike(Protocol):
     """Anything that can transform a routed site's output: row routing or a search mixture."""
 

@@ -135,6 +135,10 @@ async def predict(
     metrics.observe_reply(reply, len(items))
     if reply.version:
         response.headers["X-Adapter-Version"] = reply.version
+    # Where the time went, for clients and benchmarks: waiting in the queue, the worker's forward.
+    response.headers["Server-Timing"] = (f"queue;dur={1000 * reply.queue_s:.2f}, "
+                                         f"compute;dur={1000 * reply.compute_s:.2f}")
+    response.headers["X-Batch-Rows"] = str(reply.batch_rows)
     return PredictResponse(task_id=task_id, version=reply.version, predictions=reply.outputs)
 
 

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import random
+
+import pytest
 import torch
 from torch import nn
 
@@ -9,8 +12,8 @@ from adapters_store.records import BankManifest, BaseModelInfo, HeadRecord, Rout
 from adapters_store.streams import InferenceRequest, InputItem
 from tests.factories import CPU, random_module, tiny_model
 from worker.bank import LoadedVersion, TaskRuntime
-from worker.inference import run_batch
-from worker.routing import Routing
+from worker.inference import length_chunks, run_batch
+from worker.routing import Routing, SegmentRouting, route_order
 
 
 def _head(n: int, seed: int) -> nn.Linear:
@@ -91,3 +94,78 @@ def test_routed_embeddings_match_alone_and_modules_matter() -> None:
     # Adapted rows differ from the bare model; the all-empty route is the bare model.
     assert not torch.allclose(mixed[0], bare[0], atol=1e-3)
     torch.testing.assert_close(mixed[2], bare[2], atol=1e-6, rtol=0)
+
+
+def _random_routes(rng: random.Random, modules: list, n_rows: int, layers: int) -> list[list]:
+    # Tasks with routes that share some modules, in random arrival order.
+    tasks = [[rng.choice(modules[layer] + [None]) for layer in range(layers)] for _ in range(5)]
+    return [rng.choice(tasks) for _ in range(n_rows)]
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_segment_routing_equals_per_group_routing_in_any_order(seed: int) -> None:
+    rng = random.Random(seed)
+    model = tiny_model()
+    modules = [[random_module(kind, layer, seed=10 * layer + k)
+                for k, kind in enumerate(("bottleneck", "lora", "bottleneck", "lora"))]
+               for layer in range(2)]
+    words = "one two three four five six seven eight nine ten eleven twelve".split()
+    items = [InputItem(text=" ".join(rng.sample(words, rng.randint(1, 12)))) for _ in range(12)]
+    routes = _random_routes(rng, modules, len(items), 2)
+    keys = [tuple("" if m is None else m.content_id() for m in r) for r in routes]
+    order = route_order(keys)
+    sorted_items = [items[k] for k in order]
+    sorted_routes = [routes[k] for k in order]
+    batch = model.base.tokenize(sorted_items, CPU)
+    with torch.inference_mode():
+        grouped = model.embed(batch, Routing.from_rows(sorted_routes, 2, CPU))
+        segmented = model.embed(batch, SegmentRouting.from_sorted_rows(sorted_routes, 2))
+        for row, route in enumerate(sorted_routes):
+            alone = model.embed(model.base.tokenize([sorted_items[row]], CPU),
+                                Routing.uniform(route))
+            torch.testing.assert_close(segmented[row], alone[0], atol=1e-5, rtol=0)
+    torch.testing.assert_close(segmented, grouped, atol=1e-5, rtol=0)
+    # With autograd on, the out-of-place path gives the same values and trains the modules.
+    for layer in modules:
+        for m in layer:
+            m.requires_grad_(True)
+    out = model.embed(batch, SegmentRouting.from_sorted_rows(sorted_routes, 2))
+    torch.testing.assert_close(out.detach(), grouped, atol=1e-5, rtol=0)
+    out.sum().backward()
+    used = {m for r in routes for m in r if m is not None}
+    assert all(p.grad is not None for m in used for p in m.parameters())
+
+
+def test_token_budget_chunks_and_equal_answers() -> None:
+    lengths = [5, 40, 6, 7, 41, 5, 120]
+    chunks = length_chunks(lengths, 100)
+    assert sorted(k for c in chunks for k in c) == list(range(len(lengths)))
+    for chunk in chunks:
+        assert len(chunk) == 1 or len(chunk) * max(lengths[k] for k in chunk) <= 100
+    assert [6] in chunks  # a row longer than the budget goes alone
+    model = tiny_model()
+    loaded = _version(_tasks())
+    rng = random.Random(3)
+    words = "a fine film dull slow long great stocks rose the cat sat".split()
+    requests = [_req(t, [InputItem(text=" ".join(rng.sample(words, rng.randint(1, 11))))
+                         for _ in range(rng.randint(1, 4))])
+                for t in ("alpha", "beta", "delta", "alpha", "beta")]
+    one = run_batch(model, loaded, requests, max_tokens=100_000)
+    many = run_batch(model, loaded, requests, max_tokens=16)
+    for a_req, b_req in zip(one, many, strict=True):
+        for a, b in zip(a_req, b_req, strict=True):
+            assert a.label == b.label
+            assert all(abs(a.scores[k] - b.scores[k]) < 1e-5 for k in a.scores)
+
+
+def test_collate_pads_like_the_tokenizer() -> None:
+    base = tiny_model().base
+    items = [InputItem(text="one two three four"), InputItem(text="five"),
+             InputItem(text="the cat", text_pair="a cat sat there")]
+    collated = base.collate(base.encode(items), CPU)
+    for rows in (slice(0, 2), slice(2, 3)):
+        direct = base.tokenize(items[rows], CPU)
+        for key, value in direct.items():
+            width = value.shape[1]
+            torch.testing.assert_close(collated[key][rows, :width], value)
+            assert not collated["attention_mask"][rows, width:].any()

@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import re
 import shlex
-import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -108,41 +106,13 @@ def tqdm_progress(total_tasks: int) -> Callable:
     return factory
 
 
-def hardware(device: Any) -> dict[str, Any]:
-    import torch
-
-    cpu_model = platform.processor()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu_model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {"cpu_model": cpu_model, "cpu_count": os.cpu_count(), "machine": platform.machine(),
-            "threads": torch.get_num_threads(), "device": str(device),
-            "cuda_device": torch.cuda.get_device_name(0) if device.type == "cuda" else None}
-
-
-def versions() -> dict[str, str]:
-    import torch
-    import transformers
-
-    try:
-        commit = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"],
-                                capture_output=True, text=True, timeout=5).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        commit = ""
-    return {"python": platform.python_version(), "torch": torch.__version__,
-            "transformers": transformers.__version__, "adapterd_commit": commit}
-
-
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
     from adapters_store.settings import Settings
     from adapters_store.strategy_params import StrategyOverrides, resolve
+    from worker.bench_env import hardware, versions
     from worker.continual.presets import ALL_STRATEGIES, PRESETS
     from worker.continual.report import differences, read, render, result_path, write
     from worker.continual.runner import RunConfig, quiet_progress, run_strategy

@@ -1,0 +1,40 @@
+"""The serving benchmark runs end to end at toy scale (tiny model, short levels) and writes its
+result files; its numbers are not checked here (no timing assertions), its invariants are."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from adapterd.cli import main as adapterd_main
+
+
+@pytest.mark.slow
+def test_serving_benchmark_runs_every_part(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    code = adapterd_main([
+        "bench", "serving", "--base-model", "tiny-bert", "--device", "cpu", "--threads", "1",
+        "--tasks", "1,4", "--reps", "2", "--batch-rows", "8", "--words", "8",
+        "--http-tasks", "4", "--concurrency", "1,2", "--duration", "2", "--swap-versions", "2",
+        "--memory-tasks", "1,4", "--memory-shapes", "lora", "--out", str(out)])
+    assert code == 0
+    payload = json.loads((out / "serving.json").read_text())
+    engine = payload["engine"]
+    assert {r["shape"] for r in engine} == {"bottleneck", "lora", "safm"}
+    for row in engine:
+        # Every contender computes the same embeddings; the adapters change them.
+        assert all(d < 1e-4 for d in row["max_abs_diff_vs_per_group"].values()), row
+        assert row["adapter_effect_max_abs"] > 1e-4
+    assert {"peft_mixed", "peft_naive"} <= set(next(r for r in engine
+                                                    if r["shape"] == "lora")["ratio_to_bare"])
+    assert [r["concurrency"] for r in payload["http"]] == [1, 2]
+    assert all(r["failed"] == 0 and r["requests"] > 0 for r in payload["http"])
+    swap = payload["swap"]
+    assert swap["summary"]["failed"] == 0 and swap["stale_replies"] == 0
+    assert swap["versions_published"] == 2
+    assert [r["tasks"] for r in payload["memory"]] == [1, 4]
+    md = (out / "serving.md").read_text()
+    assert "Hot swap under load" in md and "serving-engine.png" in md
+    assert (out / "serving-engine.png").stat().st_size > 0

@@ -1,0 +1,1 @@
+"""The serving benchmark (`adapterd bench serving`): engine, HTTP, hot swap, memory."""

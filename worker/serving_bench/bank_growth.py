@@ -1,0 +1,105 @@
+"""Memory and swap time against the number of live tasks: a worker's LoadedBank syncs versions
+of a growing synthetic bank, as the inference worker does between batches."""
+
+from __future__ import annotations
+
+import gc
+import hashlib
+import os
+import time
+from pathlib import Path
+
+import torch
+
+from adapters_store.blobstore import BlobStore
+from adapters_store.records import BankManifest, BaseModelInfo, HeadRecord, ModuleRecord, Route
+from worker.bank import LoadedBank
+from worker.modules import AdapterModule, head_to_bytes
+from worker.serving_bench.synthetic import SyntheticBank, build_bank
+
+
+def rss_bytes() -> int:
+    """Resident memory of this process (Linux /proc; 0 where it is not available)."""
+    try:
+        pages = int(Path("/proc/self/statm").read_text().split()[1])
+    except (OSError, IndexError, ValueError):
+        return 0
+    return pages * os.sysconf("SC_PAGE_SIZE")
+
+
+class BankWriter:
+    """Writes a synthetic bank's modules and heads as blobs and versions over a task prefix."""
+
+    def __init__(self, bank: SyntheticBank, blobs: BlobStore, base: BaseModelInfo) -> None:
+        self.bank, self.blobs, self.base = bank, blobs, base
+        self.records: dict[AdapterModule, ModuleRecord] = {}
+        self.heads: dict[str, HeadRecord] = {}
+
+    def _record(self, module: AdapterModule, task_id: str) -> ModuleRecord:
+        if module not in self.records:
+            data = module.to_bytes()
+            self.records[module] = ModuleRecord(
+                id=module.content_id(), kind=module.kind, layer=module.layer,
+                params=module.num_params, config=module.config, blob=self.blobs.put(data),
+                created_by=task_id, created_in="v1")
+        return self.records[module]
+
+    def _head(self, task_id: str) -> HeadRecord:
+        if task_id not in self.heads:
+            head = self.bank.heads[task_id]
+            self.heads[task_id] = HeadRecord(labels=["negative", "positive"],
+                                             blob=self.blobs.put(head_to_bytes(head)),
+                                             params=sum(p.numel() for p in head.parameters()))
+        return self.heads[task_id]
+
+    def manifest(self, tasks: int, number: int, parent: str | None) -> BankManifest:
+        routes: dict[str, Route] = {}
+        modules: dict[str, ModuleRecord] = {}
+        for task_id in self.bank.task_ids[:tasks]:
+            layers = []
+            for module in self.bank.routes[task_id]:
+                if module is None:
+                    layers.append(None)
+                    continue
+                rec = self._record(module, task_id)
+                modules[rec.id] = rec
+                layers.append(rec.id)
+            routes[task_id] = Route(
+                task_id=task_id, layers=layers, head=self._head(task_id), input_kind="single",
+                strategy="per_task", dataset_id="ds_synthetic", job_id="job_synthetic",
+                trained_in=f"v{number}", full_route_params=0)
+        return BankManifest(version=f"v{number}", number=number, parent=parent, base=self.base,
+                            modules=modules, routes=routes, strategy="per_task",
+                            note=f"synthetic {self.bank.shape} bank of {tasks} tasks")
+
+
+def growth(shape: str, checkpoints: list[int], base: BaseModelInfo, root: Path,
+           device: torch.device) -> list[dict[str, float | int | str]]:
+    """Sync versions of 1 … max tasks; at each checkpoint the resident memory over the base,
+    the cold load time of that version and the swap time to one more task."""
+    bank = build_bank(shape, max(checkpoints) + 1, base.hidden_size, base.num_layers,
+                      seed=int(hashlib.sha256(shape.encode()).hexdigest()[:6], 16))
+    writer = BankWriter(bank, BlobStore(root / shape), base)
+    manifests = {n: writer.manifest(n, i + 1, None) for i, n in enumerate(checkpoints)}
+    del bank  # the worker holds only what it loads from blobs
+    gc.collect()
+    out = []
+    for n in checkpoints:
+        loaded = LoadedBank(writer.blobs, device, keep=2)
+        gc.collect()
+        before = rss_bytes()
+        started = time.perf_counter()
+        loaded.sync(manifests[n])
+        cold = time.perf_counter() - started
+        after = rss_bytes()
+        grown = writer.manifest(n + 1, 10_000 + n, manifests[n].version)
+        started = time.perf_counter()
+        loaded.sync(grown)
+        swap = time.perf_counter() - started
+        out.append({"shape": shape, "tasks": n, "modules": len(manifests[n].modules),
+                    "adapter_params": sum(m.params for m in manifests[n].modules.values()),
+                    "rss_over_base_mib": round((after - before) / 2**20, 1),
+                    "cold_load_s": round(cold, 3), "swap_one_more_task_s": round(swap, 4)})
+        del loaded
+        gc.collect()
+    return out

@@ -1,0 +1,210 @@
+"""End to end over HTTP against `adapterd serve` on loopback: closed-loop clients sending one row
+each, and publishes of new bank versions while they run (hot swap under load)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import redis
+
+from adapterd.redis_server import RedisServer
+from adapters_store.blobstore import BlobStore
+from adapters_store.keys import Keys
+from adapters_store.records import BaseModelInfo
+from adapters_store.registry import Registry
+from worker.serving_bench.bank_growth import BankWriter
+from worker.serving_bench.synthetic import build_bank, sentences
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class Service:
+    url: str
+    registry: Registry
+    writer: BankWriter
+    versions: list[str] = field(default_factory=list)
+
+    def publish(self, tasks: int) -> str:
+        parent = self.registry.live_version()
+        number = self.registry.next_version_number()
+        manifest = self.writer.manifest(tasks, number, parent)
+        self.registry.publish(manifest, reason=f"serving benchmark: {tasks} tasks")
+        self.versions.append(manifest.version)
+        return manifest.version
+
+
+@contextmanager
+def running_service(root: Path, shape: str, tasks: int, extra_tasks: int, base: BaseModelInfo,
+                    env: dict[str, str]) -> Iterator[Service]:
+    """Our own Redis, `adapterd serve --no-trainer` against it, and a synthetic bank of
+    ``tasks`` live (plus ``extra_tasks`` more to publish later)."""
+    server = RedisServer(root / "redis").start()
+    port = _free_port()
+    data = root / "data"
+    log = open(root / "serve.log", "wb")  # noqa: SIM115 - closed below
+    cmd = [sys.executable, "-c", "import sys; from adapterd.cli import main; sys.exit(main())",
+           "serve", "--no-trainer", "--port", str(port), "--data-dir", str(data),
+           "--base-model", base.name]
+    proc = subprocess.Popen(cmd, env=os.environ | env | {"ADAPTERD_REDIS_URL": server.url},
+                            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    client = redis.Redis.from_url(server.url)
+    try:
+        registry = Registry(client, Keys(env.get("ADAPTERD_KEY_PREFIX", "adapterd")))
+        registry.ensure_groups()
+        bank = build_bank(shape, tasks + extra_tasks, base.hidden_size, base.num_layers, seed=7)
+        service = Service(f"http://127.0.0.1:{port}", registry,
+                          BankWriter(bank, BlobStore(data / "blobs"), base))
+        service.publish(tasks)
+        deadline = time.monotonic() + 300
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError(f"adapterd serve exited: {(root / 'serve.log').read_text()}")
+            beats = registry.heartbeats()
+            if any(b.kind == "inference" and b.version == service.versions[-1] for b in beats):
+                break
+            if time.monotonic() > deadline:
+                raise RuntimeError("adapterd serve did not come up in 300 s")
+            time.sleep(0.5)
+        yield service
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        log.close()
+        client.close()
+        server.stop()
+
+
+@dataclass
+class Sample:
+    sent: float
+    latency_s: float
+    status: int
+    version: str | None
+    compute_ms: float | None
+    batch_rows: int | None
+
+
+def _timing(header: str | None) -> dict[str, float]:
+    out = {}
+    for part in (header or "").split(","):
+        name, _, rest = part.strip().partition(";dur=")
+        if rest:
+            out[name] = float(rest)
+    return out
+
+
+async def closed_loop(url: str, task_ids: list[str], concurrency: int, duration_s: float,
+                      seed: int, max_requests: int = 200_000) -> list[Sample]:
+    """``concurrency`` clients, each sending one row and waiting for the answer, for
+    ``duration_s`` (and at most ``max_requests`` in all)."""
+    texts = [s.text for s in sentences(256, 45, seed)]
+    samples: list[Sample] = []
+    end = time.monotonic() + duration_s
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+
+    async def client(n: int, http: httpx.AsyncClient) -> None:
+        rng = random.Random(seed * 1000 + n)
+        while time.monotonic() < end and len(samples) < max_requests:
+            task = rng.choice(task_ids)
+            started = time.monotonic()
+            try:
+                r = await http.post(f"{url}/v1/tasks/{task}/predict",
+                                    json={"inputs": [rng.choice(texts)]})
+                status, headers = r.status_code, r.headers
+            except httpx.HTTPError:
+                status, headers = 0, httpx.Headers()
+            timing = _timing(headers.get("server-timing"))
+            rows = headers.get("x-batch-rows")
+            samples.append(Sample(started, time.monotonic() - started, status,
+                                  headers.get("x-adapter-version"), timing.get("compute"),
+                                  int(rows) if rows else None))
+
+    async with httpx.AsyncClient(timeout=30, limits=limits) as http:
+        await asyncio.gather(*(client(n, http) for n in range(concurrency)))
+    return samples
+
+
+def _pct(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def summarise(samples: list[Sample], duration_s: float) -> dict[str, float | int]:
+    ok = [s for s in samples if s.status == 200]
+    lat = [1000 * s.latency_s for s in ok]
+    compute = [s.compute_ms for s in ok if s.compute_ms is not None]
+    rows = [s.batch_rows for s in ok if s.batch_rows is not None]
+    return {
+        "requests": len(samples), "failed": len(samples) - len(ok),
+        "rows_per_s": round(len(ok) / duration_s, 1),
+        "p50_ms": round(_pct(lat, 0.50), 2), "p95_ms": round(_pct(lat, 0.95), 2),
+        "p99_ms": round(_pct(lat, 0.99), 2),
+        "compute_p50_ms": round(statistics.median(compute), 2) if compute else float("nan"),
+        "mean_batch_rows": round(statistics.fmean(rows), 2) if rows else float("nan"),
+        # What HTTP, the API and Redis add to the worker's own forward of the same batch.
+        "overhead_p50_ms": round(statistics.median(
+            [1000 * s.latency_s - s.compute_ms for s in ok if s.compute_ms is not None]), 2)
+        if compute else float("nan"),
+    }
+
+
+async def hot_swap(service: Service, task_ids: list[str], extra: int, concurrency: int,
+                   duration_s: float, seed: int) -> dict[str, object]:
+    """Closed-loop load while ``extra`` versions are published, one more task each."""
+    published: list[tuple[float, str]] = []
+
+    async def publisher() -> None:
+        gap = duration_s / (extra + 2)
+        for k in range(extra):
+            await asyncio.sleep(gap)
+            version = await asyncio.to_thread(service.publish, len(task_ids) + k + 1)
+            published.append((time.monotonic(), version))
+
+    load = asyncio.create_task(closed_loop(service.url, task_ids, concurrency, duration_s,
+                                           seed))
+    await publisher()
+    samples = await load
+    number = {v: int(v.lstrip("v")) for v in service.versions}
+    first_reply = []
+    for at, version in published:
+        served = [s.sent + s.latency_s for s in samples if s.version is not None
+                  and number.get(s.version, 0) >= number[version] and s.sent + s.latency_s >= at]
+        first_reply.append(min(served) - at if served else float("nan"))
+    # A reply must come from the version live when its request was sent, or a newer one.
+    stale = 0
+    for s in samples:
+        live = [v for at, v in published if at <= s.sent]
+        floor = number[live[-1]] if live else number[service.versions[0]]
+        if s.status == 200 and s.version is not None and number.get(s.version, 0) < floor:
+            stale += 1
+    finite = [x for x in first_reply if x == x]
+    return {
+        "versions_published": len(published), "summary": summarise(samples, duration_s),
+        "stale_replies": stale,
+        "publish_to_first_reply_s": {"p50": round(statistics.median(finite), 3) if finite
+                                     else None, "max": round(max(finite), 3) if finite else None,
+                                     "each": [round(x, 3) for x in first_reply]},
+    }

@@ -1,0 +1,178 @@
+"""Serving benchmark results: one JSON with every number, a Markdown table, PNG plots."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+CONTENDERS = ("adapterd", "per_group", "peft_mixed", "peft_naive")
+
+
+def _fmt(value: object) -> str:
+    if value is None or (isinstance(value, float) and value != value):
+        return "–"
+    return f"{value:,}" if isinstance(value, int) else str(value)
+
+
+def engine_table(rows: list[dict[str, Any]]) -> list[str]:
+    lines = ["| shape | tasks | distinct in batch | bare ms | " + " | ".join(
+        f"{c} ×bare" for c in CONTENDERS) + " | adapterd ÷ peft_mixed | adapterd ÷ naive |",
+        "|---|---|---|---|" + "---|" * len(CONTENDERS) + "---|---|"]
+    for r in rows:
+        ratio = r["ratio_to_bare"]
+        ms = r["median_ms"]
+        vs_peft = round(ms["peft_mixed"] / ms["adapterd"], 2) if "peft_mixed" in ms else None
+        vs_naive = round(ms["peft_naive"] / ms["adapterd"], 2) if "peft_naive" in ms else None
+        lines.append(f"| {r['shape']} | {r['tasks']} | {r['distinct_in_batch']} | "
+                     f"{ms['bare']} | " + " | ".join(_fmt(ratio.get(c)) for c in CONTENDERS)
+                     + f" | {_fmt(vs_peft)} | {_fmt(vs_naive)} |")
+    return lines
+
+
+def http_table(rows: list[dict[str, Any]]) -> list[str]:
+    keys = ("concurrency", "requests", "failed", "rows_per_s", "p50_ms", "p95_ms", "p99_ms",
+            "compute_p50_ms", "overhead_p50_ms", "mean_batch_rows")
+    lines = ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
+    lines += ["| " + " | ".join(_fmt(r.get(k)) for k in keys) + " |" for r in rows]
+    return lines
+
+
+def memory_table(rows: list[dict[str, Any]]) -> list[str]:
+    keys = ("shape", "tasks", "modules", "adapter_params", "rss_over_base_mib", "cold_load_s",
+            "swap_one_more_task_s")
+    lines = ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
+    lines += ["| " + " | ".join(_fmt(r.get(k)) for k in keys) + " |" for r in rows]
+    return lines
+
+
+def render(payload: dict[str, Any]) -> str:
+    hw = payload["hardware"]
+    out = [
+        "# Serving benchmark", "",
+        f"Base {payload['base_model']}; {hw['cpu_model']} ({hw['cpu_count']} cores, "
+        f"{hw['threads']} torch threads), device {hw['device']}"
+        + (f" ({hw['cuda_device']})" if hw.get("cuda_device") else "")
+        + f"; torch {payload['versions']['torch']}. Command: `{payload['command']}`.", "",
+        "Ratios are measured side by side in one run: every contender runs the same batch in "
+        "turn, rep after rep, so drift of this shared machine hits all of them alike; ×bare = "
+        "rows/s ÷ the bare base model's rows/s on the same batch (1.0 = no adapter cost).", "",
+    ]
+    if payload.get("engine"):
+        e = payload["engine_config"]
+        out += ["## Engine (in process)", "",
+                f"Batches of {e['batch_rows']} rows of ~{e['words']} words, rows assigned to "
+                f"tasks at random; median of {e['reps']} interleaved reps. Shapes: bottleneck "
+                "(48) and LoRA (r 8, q and v) at every layer per task; safm = one bottleneck at "
+                "the forced middle layer, empty elsewhere. adapterd = the worker's forward (rows "
+                "sorted by route into segments, modules applied in place); per_group = the "
+                "previous forward (index_select / index_add per module group); peft_mixed = "
+                "peft LoRA with `adapter_names`; naive = peft `set_adapter` and one forward per "
+                f"task in the batch (LoRA only, up to {payload['peft_max_tasks']} tasks). Every "
+                "contender's embeddings equal per_group's (max abs diff in the JSON).", ""]
+        out += engine_table(payload["engine"]) + [""]
+    if payload.get("http"):
+        h = payload["http_config"]
+        out += ["## End to end over HTTP", "",
+                f"`adapterd serve` (API + {h['workers']} inference worker, own Redis) on "
+                f"loopback, {h['tasks']} live {h['shape']} tasks, closed-loop clients sending "
+                f"one row each for {h['duration_s']} s per level. compute = the worker's forward "
+                "of the batch (Server-Timing); overhead = latency − compute (HTTP, API, Redis, "
+                "queueing, the batch window).", ""]
+        out += http_table(payload["http"]) + [""]
+    if payload.get("swap"):
+        s = payload["swap"]
+        base = s["baseline"]
+        out += ["## Hot swap under load", "",
+                f"{s['versions_published']} versions published (one more task each) during "
+                f"{s['duration_s']} s at concurrency {s['concurrency']}.", "",
+                "| failed | stale replies | publish → first reply p50 s | max s | rows/s "
+                "during swaps | rows/s without |", "|---|---|---|---|---|---|",
+                f"| {s['summary']['failed']} | {s['stale_replies']} | "
+                f"{_fmt(s['publish_to_first_reply_s']['p50'])} | "
+                f"{_fmt(s['publish_to_first_reply_s']['max'])} | "
+                f"{s['summary']['rows_per_s']} | {base['rows_per_s']} |", ""]
+    if payload.get("memory"):
+        out += ["## Memory and swap time against live tasks", "",
+                "A fresh LoadedBank per row syncs the version (cold load), then the version with "
+                "one more task (the swap: only the new modules load). Resident memory is the "
+                "process's RSS growth over the loaded base model.", ""]
+        out += memory_table(payload["memory"]) + [""]
+    if payload.get("notes"):
+        out += ["## Notes", ""] + [f"- {n}" for n in payload["notes"]] + [""]
+    return "\n".join(out)
+
+
+def plots(payload: dict[str, Any], out: Path) -> list[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    files = []
+    if payload.get("engine"):
+        shapes = sorted({r["shape"] for r in payload["engine"]})
+        fig, axes = plt.subplots(1, len(shapes), figsize=(5 * len(shapes), 4), squeeze=False)
+        for ax, shape in zip(axes[0], shapes, strict=True):
+            rows = [r for r in payload["engine"] if r["shape"] == shape]
+            for c in CONTENDERS:
+                pts = [(r["tasks"], r["ratio_to_bare"][c]) for r in rows if c in r["ratio_to_bare"]]
+                if pts:
+                    ax.plot(*zip(*pts, strict=True), marker="o", label=c)
+            ax.axhline(1.0, color="grey", lw=0.8, ls="--")
+            ax.set_xscale("log")
+            ax.set_title(f"{shape}: rows/s ÷ bare")
+            ax.set_xlabel("live tasks")
+            ax.legend(fontsize=8)
+        fig.tight_layout()
+        path = out / "serving-engine.png"
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        files.append(path)
+    if payload.get("http"):
+        fig, ax = plt.subplots(figsize=(6, 4))
+        rows = payload["http"]
+        for key in ("p50_ms", "p99_ms", "compute_p50_ms"):
+            ax.plot([r["concurrency"] for r in rows], [r[key] for r in rows], marker="o",
+                    label=key)
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("concurrent clients")
+        ax.set_ylabel("ms")
+        ax.legend()
+        fig.tight_layout()
+        path = out / "serving-http.png"
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        files.append(path)
+    if payload.get("memory"):
+        fig, ax = plt.subplots(figsize=(6, 4))
+        for shape in sorted({r["shape"] for r in payload["memory"]}):
+            rows = [r for r in payload["memory"] if r["shape"] == shape]
+            ax.plot([r["tasks"] for r in rows], [r["rss_over_base_mib"] for r in rows],
+                    marker="o", label=shape)
+        ax.axhline(1024, color="grey", lw=0.8, ls="--", label="1 GiB")
+        ax.set_xscale("log")
+        ax.set_xlabel("live tasks")
+        ax.set_ylabel("RSS over base (MiB)")
+        ax.legend()
+        fig.tight_layout()
+        path = out / "serving-memory.png"
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        files.append(path)
+    return files
+
+
+def write(payload: dict[str, Any], out: Path, with_plots: bool = True) -> list[Path]:
+    out.mkdir(parents=True, exist_ok=True)
+    json_path = out / "serving.json"
+    json_path.write_text(json.dumps(payload, indent=1, sort_keys=True) + "\n")
+    md_path = out / "serving.md"
+    files = [json_path, md_path]
+    if with_plots:
+        files += plots(payload, out)
+        md = render(payload) + "\n" + "\n".join(f"![{p.stem}]({p.name})" for p in files[2:])
+    else:
+        md = render(payload)
+    md_path.write_text(md + "\n")
+    return files
