@@ -21,7 +21,7 @@ from adapters_store.errors import (
 )
 from adapters_store.keys import Keys
 from adapters_store.settings import Settings
-from adapters_store.streams import InferenceReply, InferenceRequest, InputItem
+from adapters_store.streams import FIELD, InferenceReply, InferenceRequest, InputItem
 from service.errors import UpstreamError
 
 logger = logging.getLogger(__name__)
@@ -38,6 +38,15 @@ READ_COUNT = 256
 # Upper bound on entries a reply stream may hold if we fall behind or die; replies are deleted
 # as soon as they are read, so this only matters for a stream nobody reads any more.
 REPLY_STREAM_MAXLEN = 10_000
+
+
+# XADD unless the stream already holds ARGV[1] entries: returns -1 when queued, else the depth.
+_ENQUEUE = f"""
+local depth = redis.call('XLEN', KEYS[1])
+if depth >= tonumber(ARGV[1]) then return depth end
+redis.call('XADD', KEYS[1], '*', '{FIELD}', ARGV[2])
+return -1
+"""
 
 
 def reply_error(reply: InferenceReply) -> AdapterdError:
@@ -62,6 +71,7 @@ class InferenceClient:
         self.reply_ttl_ms = int(max(60.0, 4 * settings.request_timeout_s) * 1000)
         self._pending: dict[str, asyncio.Future[InferenceReply]] = {}
         self._reader: asyncio.Task[None] | None = None
+        self._enqueue = client.register_script(_ENQUEUE)
 
     async def start(self) -> None:
         if self._reader is None:
@@ -84,11 +94,6 @@ class InferenceClient:
 
     async def predict(self, task_id: str, inputs: list[InputItem],
                       version: str | None = None) -> InferenceReply:
-        depth = await self.queue_depth()
-        if depth >= self.settings.max_queue_depth:
-            limit = self.settings.max_queue_depth
-            raise Overloaded("the inference queue is full, retry later",
-                             {"queue_depth": depth, "max_queue_depth": limit})
         timeout = self.settings.request_timeout_s
         now = time.time()
         request = InferenceRequest(
@@ -99,7 +104,14 @@ class InferenceClient:
         # Register before XADD: a fast worker can answer before XADD's own reply reaches us.
         self._pending[request.request_id] = future
         try:
-            await self.r.xadd(self.keys.infer_stream, request.fields())
+            # The depth check and the enqueue in one round trip, atomically (a script).
+            depth = await self._enqueue(keys=[self.keys.infer_stream],
+                                        args=[self.settings.max_queue_depth,
+                                              request.model_dump_json()])
+            if depth >= 0:
+                limit = self.settings.max_queue_depth
+                raise Overloaded("the inference queue is full, retry later",
+                                 {"queue_depth": depth, "max_queue_depth": limit})
             async with asyncio.timeout(timeout):
                 reply = await future
         except TimeoutError as exc:

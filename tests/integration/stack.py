@@ -8,7 +8,8 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from adapters_store.records import JobRecord
@@ -121,3 +122,30 @@ class ApiProcess(WorkerProcess):
                  "--host", "127.0.0.1", "--port", str(self.port), "--no-access-log"],
                 cwd=ROOT, env=worker_env(settings, **overrides), stdout=out,
                 stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+
+
+def api_ready(url: str) -> bool:
+    import httpx
+
+    try:
+        return httpx.get(f"{url}/readyz", timeout=2).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+@contextmanager
+def running_stack(settings: Settings, registry: Registry,
+                  log_dir: Path) -> Iterator[dict[str, WorkerProcess]]:
+    """API + one inference worker + trainer, ready to serve; stopped by pid on exit."""
+    procs = {
+        "api": ApiProcess(settings, log_dir),
+        "inference": WorkerProcess("inference", settings, log_dir),
+        "trainer": WorkerProcess("trainer", settings, log_dir),
+    }
+    try:
+        wait_workers(registry, "inference", 1, 120, tuple(procs.values()))
+        wait_for(lambda: api_ready(procs["api"].url), 60, "API /readyz", tuple(procs.values()))
+        yield procs
+    finally:
+        for p in procs.values():
+            p.stop()

@@ -16,7 +16,15 @@ from adapters_store.keys import INFERENCE_GROUP
 from adapters_store.registry import Registry
 from adapters_store.settings import Settings
 from tests.factories import keyword_rows
-from tests.integration.stack import ApiProcess, WorkerProcess, wait_for, wait_job, wait_workers
+from tests.integration.stack import (
+    ApiProcess,
+    WorkerProcess,
+    api_ready,
+    running_stack,
+    wait_for,
+    wait_job,
+    wait_workers,
+)
 
 FAST = {"epochs": 8, "batch_size": 8, "learning_rate": 5e-3, "head_learning_rate": 1e-2,
         "bottleneck_size": 16, "max_wait_ms": 2, "heartbeat_s": 0.5, "lease_ttl_s": 5.0,
@@ -36,25 +44,8 @@ def stack_settings(settings: Settings) -> Settings:
 @pytest.fixture
 def stack(stack_settings: Settings, registry: Registry,
           tmp_path: Path) -> Iterator[dict[str, WorkerProcess]]:
-    procs = {
-        "api": ApiProcess(stack_settings, tmp_path / "logs"),
-        "inference": WorkerProcess("inference", stack_settings, tmp_path / "logs"),
-        "trainer": WorkerProcess("trainer", stack_settings, tmp_path / "logs"),
-    }
-    try:
-        wait_workers(registry, "inference", 1, 120, tuple(procs.values()))
-        wait_for(lambda: _ready(procs["api"].url), 60, "API /readyz", tuple(procs.values()))
+    with running_stack(stack_settings, registry, tmp_path / "logs") as procs:
         yield procs
-    finally:
-        for p in procs.values():
-            p.stop()
-
-
-def _ready(url: str) -> bool:
-    try:
-        return httpx.get(f"{url}/readyz", timeout=2).status_code == 200
-    except httpx.HTTPError:
-        return False
 
 
 def upload(url: str, task: str, data: bytes, name: str = "data.jsonl", query: str = "") -> dict:
@@ -135,7 +126,7 @@ def test_worker_killed_mid_stream_is_covered_by_another(stack_settings: Settings
     procs = (trainer, api, victim)
     try:
         wait_workers(registry, "inference", 1, 120, procs)
-        wait_for(lambda: _ready(api.url), 60, "API ready", procs)
+        wait_for(lambda: api_ready(api.url), 60, "API ready", procs)
         job = upload(api.url, "colors", jsonl(keyword_rows(30)))
         assert wait_job(registry, job["job_id"], 180, procs).state == "succeeded"
         with ThreadPoolExecutor(3) as pool:

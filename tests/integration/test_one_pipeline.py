@@ -16,8 +16,8 @@ from adapters_store.blobstore import BlobStore
 from adapters_store.registry import Registry
 from adapters_store.settings import Settings
 from tests.factories import keyword_rows
-from tests.integration.stack import ApiProcess, WorkerProcess, wait_for, wait_job, wait_workers
-from tests.integration.test_end_to_end import FAST, _ready, jsonl, upload
+from tests.integration.stack import WorkerProcess, running_stack, wait_for, wait_job
+from tests.integration.test_end_to_end import FAST, jsonl, upload
 from worker.base_model import load_base
 from worker.routed_model import RoutedEncoder
 from worker.sequence import Sequence
@@ -27,18 +27,8 @@ from worker.sequence import Sequence
 def family_stack(request: pytest.FixtureRequest, settings: Settings, registry: Registry,
                  tmp_path: Path) -> Iterator[tuple[Settings, dict[str, WorkerProcess]]]:
     stack_settings = settings.model_copy(update=FAST | {"base_model": request.param})
-    procs = {
-        "api": ApiProcess(stack_settings, tmp_path / "logs"),
-        "inference": WorkerProcess("inference", stack_settings, tmp_path / "logs"),
-        "trainer": WorkerProcess("trainer", stack_settings, tmp_path / "logs"),
-    }
-    try:
-        wait_workers(registry, "inference", 1, 120, tuple(procs.values()))
-        wait_for(lambda: _ready(procs["api"].url), 60, "API /readyz", tuple(procs.values()))
+    with running_stack(stack_settings, registry, tmp_path / "logs") as procs:
         yield stack_settings, procs
-    finally:
-        for p in procs.values():
-            p.stop()
 
 
 @pytest.mark.parametrize("family_stack", ["tiny-bert:3"], indirect=True)

@@ -110,6 +110,13 @@ def plots(payload: dict[str, Any], out: Path) -> list[Path]:
     import matplotlib.pyplot as plt
 
     files = []
+
+    def save(fig: Any, name: str) -> None:
+        fig.tight_layout()
+        fig.savefig(out / name, dpi=110)
+        plt.close(fig)
+        files.append(out / name)
+
     if payload.get("engine"):
         shapes = sorted({r["shape"] for r in payload["engine"]})
         fig, axes = plt.subplots(1, len(shapes), figsize=(5 * len(shapes), 4), squeeze=False)
@@ -124,11 +131,7 @@ def plots(payload: dict[str, Any], out: Path) -> list[Path]:
             ax.set_title(f"{shape}: rows/s ÷ bare")
             ax.set_xlabel("live tasks")
             ax.legend(fontsize=8)
-        fig.tight_layout()
-        path = out / "serving-engine.png"
-        fig.savefig(path, dpi=110)
-        plt.close(fig)
-        files.append(path)
+        save(fig, "serving-engine.png")
     if payload.get("http"):
         fig, ax = plt.subplots(figsize=(6, 4))
         rows = payload["http"]
@@ -139,11 +142,7 @@ def plots(payload: dict[str, Any], out: Path) -> list[Path]:
         ax.set_xlabel("concurrent clients")
         ax.set_ylabel("ms")
         ax.legend()
-        fig.tight_layout()
-        path = out / "serving-http.png"
-        fig.savefig(path, dpi=110)
-        plt.close(fig)
-        files.append(path)
+        save(fig, "serving-http.png")
     if payload.get("memory"):
         fig, ax = plt.subplots(figsize=(6, 4))
         for shape in sorted({r["shape"] for r in payload["memory"]}):
@@ -155,11 +154,7 @@ def plots(payload: dict[str, Any], out: Path) -> list[Path]:
         ax.set_xlabel("live tasks")
         ax.set_ylabel("RSS over base (MiB)")
         ax.legend()
-        fig.tight_layout()
-        path = out / "serving-memory.png"
-        fig.savefig(path, dpi=110)
-        plt.close(fig)
-        files.append(path)
+        save(fig, "serving-memory.png")
     return files
 
 
