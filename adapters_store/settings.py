@@ -46,6 +46,9 @@ class Settings(BaseSettings):
     # One forward holds at most this many padded tokens (rows x longest row); rows are bucketed
     # by length into as many forwards as needed.
     max_batch_tokens: int = Field(4096, ge=64, le=1_000_000)
+    # The inference worker's weights and activations (the trainer always trains in float32);
+    # bfloat16 halves memory and is fast on recent GPUs and CPUs with AMX/AVX512-BF16.
+    serving_dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     claim_idle_ms: int = Field(10_000, ge=100)
     heartbeat_s: float = Field(2.0, gt=0)
     keep_versions: int = Field(2, ge=1, le=64)

@@ -53,9 +53,11 @@ class LoadedBank:
     swap only loads what the new version adds. The newest ``keep`` versions stay servable.
     """
 
-    def __init__(self, blobs: BlobStore, device: torch.device, keep: int = 2) -> None:
+    def __init__(self, blobs: BlobStore, device: torch.device, keep: int = 2,
+                 dtype: torch.dtype = torch.float32) -> None:
         self.blobs = blobs
         self.device = device
+        self.dtype = dtype  # serving may run in bf16/fp16; modules are stored in fp32
         self.keep = keep
         self.modules: dict[str, AdapterModule] = {}
         self.heads: dict[str, nn.Linear] = {}
@@ -67,10 +69,11 @@ class LoadedBank:
     def _load_module(self, manifest: BankManifest, module_id: str) -> AdapterModule:
         rec = manifest.modules[module_id]
         module = AdapterModule.from_bytes(rec.layer, rec.config, self.blobs.get(rec.blob))
-        return module.to(self.device).eval().requires_grad_(False)
+        return module.to(self.device, self.dtype).eval().requires_grad_(False)
 
     def _load_head(self, digest: str) -> nn.Linear:
-        return head_from_bytes(self.blobs.get(digest)).to(self.device).eval().requires_grad_(False)
+        head = head_from_bytes(self.blobs.get(digest))
+        return head.to(self.device, self.dtype).eval().requires_grad_(False)
 
     def sync(self, manifest: BankManifest) -> LoadedVersion:
         """Make ``manifest`` servable; check everything loads before anything changes."""

@@ -95,8 +95,9 @@ class InferenceWorker(StreamWorker):
     def __init__(self, settings: Settings, stop: GracefulStop | None = None) -> None:
         super().__init__(settings, stop)
         self.model, self.device = build_model(settings)
-        self.model.eval()
-        self.bank = LoadedBank(self.blobs, self.device, keep=settings.keep_versions)
+        dtype = getattr(torch, settings.serving_dtype)
+        self.model.eval().to(dtype)
+        self.bank = LoadedBank(self.blobs, self.device, keep=settings.keep_versions, dtype=dtype)
         self.current: LoadedVersion | None = None
 
     # ---- stream-worker hooks --------------------------------------------------------------

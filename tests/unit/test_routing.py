@@ -169,3 +169,22 @@ def test_collate_pads_like_the_tokenizer() -> None:
             width = value.shape[1]
             torch.testing.assert_close(collated[key][rows, :width], value)
             assert not collated["attention_mask"][rows, width:].any()
+
+
+def test_bfloat16_serving_stays_close_to_float32() -> None:
+    import copy
+
+    model = tiny_model()
+    tasks = _tasks()
+    requests = [_req("alpha", [InputItem(text="a fine film"), InputItem(text="dull, too long")]),
+                _req("beta", [InputItem(text="stocks rose sharply")]),
+                _req("delta", [InputItem(text="plain base model row")])]
+    full = run_batch(model, _version(tasks), requests)
+    half_tasks = {t: _runtime(t, [None if m is None else copy.deepcopy(m).to(torch.bfloat16)
+                                  for m in r.modules], copy.deepcopy(r.head).to(torch.bfloat16),
+                              r.labels, r.input_kind) for t, r in tasks.items()
+                  if t != "gamma"}
+    half = run_batch(copy.deepcopy(model).to(torch.bfloat16), _version(half_tasks), requests)
+    for a_req, b_req in zip(full, half, strict=True):
+        for a, b in zip(a_req, b_req, strict=True):
+            assert all(abs(a.scores[k] - b.scores[k]) < 0.05 for k in a.scores)
