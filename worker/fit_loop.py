@@ -127,7 +127,9 @@ class Fit:
             for p in self.params:
                 if p not in on_path:
                     p.grad = None  # AdamW skips a parameter without a gradient entirely
-        torch.nn.utils.clip_grad_norm_(self.params, self.grad_clip)
+        # The norm over the path (in path order), as the SAFM authors clip a replay batch.
+        clip = self.params if batch.params is None else batch.params
+        torch.nn.utils.clip_grad_norm_(clip, self.grad_clip)
         self.optimizer.step()
         if self.scheduler is not None:
             self.scheduler.step()
