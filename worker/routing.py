@@ -9,7 +9,10 @@ import torch
 from torch import nn
 
 from worker.model_families import PARALLEL
-from worker.modules import AdapterModule
+from worker.modules import AdapterModule, LoraPart
+
+# From this many LoRA segments at a site on, two batched matmuls beat one pair per segment.
+LORA_BATCH_MIN_SEGMENTS = 2
 
 
 @dataclass(frozen=True)
@@ -117,6 +120,8 @@ class SegmentRouting:
             return y + fn(x) if mode == PARALLEL else fn(y)
         if torch.is_grad_enabled():  # a module's backward may need the rows it read
             return self._out_of_place(segments, part, mode, x, y)
+        if mode == PARALLEL and len(segments) >= LORA_BATCH_MIN_SEGMENTS:
+            segments = self._lora_batched(segments, part, x, y)
         # y is the frozen Linear's fresh output: writing into it is safe and saves a full copy.
         for seg in segments:
             fn = seg.module.parts[part]
@@ -125,6 +130,43 @@ class SegmentRouting:
             else:
                 y[seg.start:seg.end] = fn(y[seg.start:seg.end])
         return y
+
+    def _lora_batched(self, segments: list[Segment], part: str, x: torch.Tensor,
+                      y: torch.Tensor) -> list[Segment]:
+        """Every LoRA segment of one rank at this site in two bmm calls (Punica's BGMV: each
+        row gathers its own A and B), instead of two small matmuls per segment. Returns the
+        segments it did not handle (other kinds, or a rank with a single segment)."""
+        by_rank: dict[int, list[Segment]] = {}
+        rest: list[Segment] = []
+        for seg in segments:
+            fn = seg.module.parts[part]
+            if isinstance(fn, LoraPart):
+                by_rank.setdefault(fn.lora_A.shape[0], []).append(seg)
+            else:
+                rest.append(seg)
+        for group in by_rank.values():
+            if len(group) < 2:
+                rest += group
+                continue
+            parts = [seg.module.parts[part] for seg in group]
+            lengths = torch.tensor([seg.end - seg.start for seg in group], device=x.device)
+            a = torch.stack([p.lora_A for p in parts]).repeat_interleave(lengths, 0)
+            b = torch.stack([p.lora_B for p in parts]).repeat_interleave(lengths, 0)
+            scale = torch.tensor([p.scale for p in parts], device=x.device, dtype=x.dtype)
+            rows = [r for seg in group for r in range(seg.start, seg.end)]
+            contiguous = rows == list(range(rows[0], rows[-1] + 1))
+            if contiguous:
+                xs = x[rows[0]:rows[-1] + 1]
+            else:
+                index = torch.tensor(rows, device=x.device)
+                xs = x.index_select(0, index)
+            delta = torch.bmm(torch.bmm(xs, a.transpose(1, 2)), b.transpose(1, 2))
+            delta *= scale.repeat_interleave(lengths, 0)[:, None, None]
+            if contiguous:
+                y[rows[0]:rows[-1] + 1] += delta
+            else:
+                y.index_add_(0, index, delta)
+        return rest
 
     def _out_of_place(self, segments: list[Segment], part: str, mode: str, x: torch.Tensor,
                       y: torch.Tensor) -> torch.Tensor:

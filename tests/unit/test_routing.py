@@ -188,3 +188,33 @@ def test_bfloat16_serving_stays_close_to_float32() -> None:
     for a_req, b_req in zip(full, half, strict=True):
         for a, b in zip(a_req, b_req, strict=True):
             assert all(abs(a.scores[k] - b.scores[k]) < 0.05 for k in a.scores)
+
+
+def test_batched_lora_segments_equal_one_segment_at_a_time() -> None:
+    from adapters_store.module_config import LoraConfig
+    from worker.modules import AdapterModule
+
+    gen = torch.Generator().manual_seed(4)
+
+    def lora(rank: int) -> AdapterModule:
+        module = AdapterModule(0, LoraConfig(hidden=32, rank=rank, alpha=8.0,
+                                             targets=["query", "value"]))
+        with torch.no_grad():
+            for p in module.parameters():
+                p.copy_(torch.randn(p.shape, generator=gen) * 0.3)
+        return module
+
+    a, b, c, wide = lora(4), lora(4), lora(4), lora(8)
+    bottleneck = random_module("bottleneck", 0, seed=9)
+    # Rank-4 rows 0-1, 2, 5-6 (a gap where the bottleneck and rank-8 rows sit), then more.
+    routes = [[a], [a], [b], [bottleneck], [wide], [c], [c], [None], [a]]
+    x = torch.randn(len(routes), 5, 32, generator=gen)
+    y = torch.randn(len(routes), 5, 32, generator=gen)
+    routing = SegmentRouting.from_sorted_rows(routes, 1)
+    with torch.inference_mode():
+        batched = routing.apply(0, "query", "parallel", x, y.clone())
+        expected = y.clone()
+        for row, (module,) in enumerate(routes):
+            if module is not None and "query" in module.parts:
+                expected[row] += module.parts["query"](x[row:row + 1])[0]
+    torch.testing.assert_close(batched, expected, atol=1e-5, rtol=0)
