@@ -42,7 +42,9 @@ class Settings(BaseSettings):
 
     # Inference worker
     max_batch: int = Field(32, ge=1, le=4096)
-    max_wait_ms: int = Field(5, ge=0, le=10_000)
+    # 0: serve what is queued as soon as the worker is free (measured best on 2 CPU cores at
+    # concurrency 1 and 16, docs/benchmarks/serving.md); more trades latency for larger batches.
+    max_wait_ms: int = Field(0, ge=0, le=10_000)
     # One forward holds at most this many padded tokens (rows x longest row); rows are bucketed
     # by length into as many forwards as needed.
     max_batch_tokens: int = Field(4096, ge=64, le=1_000_000)

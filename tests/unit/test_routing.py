@@ -218,3 +218,20 @@ def test_batched_lora_segments_equal_one_segment_at_a_time() -> None:
             if module is not None and "query" in module.parts:
                 expected[row] += module.parts["query"](x[row:row + 1])[0]
     torch.testing.assert_close(batched, expected, atol=1e-5, rtol=0)
+
+
+def test_batched_bottleneck_segments_equal_one_segment_at_a_time() -> None:
+    modules = [random_module("bottleneck", 0, seed=s) for s in range(5)]
+    lora = random_module("lora", 0, seed=7)
+    routes = [[modules[0]], [modules[0]], [modules[1]], [lora], [modules[2]], [None],
+              [modules[3]], [modules[4]], [modules[4]]]
+    gen = torch.Generator().manual_seed(5)
+    y = torch.randn(len(routes), 4, 32, generator=gen)
+    routing = SegmentRouting.from_sorted_rows(routes, 1)
+    with torch.inference_mode():
+        batched = routing.apply(0, "attn", "post", y, y.clone())
+        expected = y.clone()
+        for row, (module,) in enumerate(routes):
+            if module is not None and "attn" in module.parts:
+                expected[row] = module.parts["attn"](y[row:row + 1])[0]
+    torch.testing.assert_close(batched, expected, atol=1e-5, rtol=0)
