@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import gc
 import hashlib
+import json
 import os
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -73,33 +76,54 @@ class BankWriter:
                             note=f"synthetic {self.bank.shape} bank of {tasks} tasks")
 
 
+def _measure(blobs: Path, manifest: Path, grown: Path, base_name: str, device: str) -> dict:
+    """In a fresh process: RSS after loading the base, after syncing ``manifest`` (cold load),
+    and the time to sync ``grown`` (one more task) next."""
+    from worker.base_model import load_base
+
+    dev = torch.device(device)
+    load_base(base_name, dev, 128)
+    gc.collect()
+    before = rss_bytes()
+    loaded = LoadedBank(BlobStore(blobs), dev, keep=2)
+    started = time.perf_counter()
+    loaded.sync(BankManifest.model_validate_json(manifest.read_text()))
+    cold = time.perf_counter() - started
+    after = rss_bytes()
+    started = time.perf_counter()
+    loaded.sync(BankManifest.model_validate_json(grown.read_text()))
+    swap = time.perf_counter() - started
+    return {"rss_over_base_mib": round((after - before) / 2**20, 1), "cold_load_s": round(cold, 3),
+            "swap_one_more_task_s": round(swap, 4), "rss_base_mib": round(before / 2**20, 1)}
+
+
 def growth(shape: str, checkpoints: list[int], base: BaseModelInfo, root: Path,
            device: torch.device) -> list[dict[str, float | int | str]]:
-    """Sync versions of 1 … max tasks; at each checkpoint the resident memory over the base,
-    the cold load time of that version and the swap time to one more task."""
+    """Versions of 1 … max tasks; for each checkpoint a fresh process loads the base, syncs that
+    version (resident memory over the base, cold load time), then the version with one more
+    task (the swap time), as an inference worker would."""
     bank = build_bank(shape, max(checkpoints) + 1, base.hidden_size, base.num_layers,
                       seed=int(hashlib.sha256(shape.encode()).hexdigest()[:6], 16))
     writer = BankWriter(bank, BlobStore(root / shape), base)
-    manifests = {n: writer.manifest(n, i + 1, None) for i, n in enumerate(checkpoints)}
-    del bank  # the worker holds only what it loads from blobs
-    gc.collect()
     out = []
-    for n in checkpoints:
-        loaded = LoadedBank(writer.blobs, device, keep=2)
-        gc.collect()
-        before = rss_bytes()
-        started = time.perf_counter()
-        loaded.sync(manifests[n])
-        cold = time.perf_counter() - started
-        after = rss_bytes()
-        grown = writer.manifest(n + 1, 10_000 + n, manifests[n].version)
-        started = time.perf_counter()
-        loaded.sync(grown)
-        swap = time.perf_counter() - started
-        out.append({"shape": shape, "tasks": n, "modules": len(manifests[n].modules),
-                    "adapter_params": sum(m.params for m in manifests[n].modules.values()),
-                    "rss_over_base_mib": round((after - before) / 2**20, 1),
-                    "cold_load_s": round(cold, 3), "swap_one_more_task_s": round(swap, 4)})
-        del loaded
-        gc.collect()
+    for i, n in enumerate(checkpoints):
+        manifest = writer.manifest(n, i + 1, None)
+        grown = writer.manifest(n + 1, 10_000 + n, manifest.version)
+        paths = [root / f"{shape}-{n}.json", root / f"{shape}-{n}-grown.json"]
+        for path, m in zip(paths, (manifest, grown), strict=True):
+            path.write_text(m.model_dump_json())
+        args = [str(root / shape), *map(str, paths), base.name, str(device)]
+        done = subprocess.run([sys.executable, "-m", "worker.serving_bench.bank_growth", *args],
+                              capture_output=True, text=True, check=True,
+                              env=os.environ | {"HF_HUB_OFFLINE": "1"})
+        measured = json.loads(done.stdout.strip().splitlines()[-1])
+        out.append({"shape": shape, "tasks": n, "modules": len(manifest.modules),
+                    "adapter_params": sum(m.params for m in manifest.modules.values())}
+                   | measured)
     return out
+
+
+if __name__ == "__main__":
+    blobs_dir, manifest_path, grown_path, base_name, device_name = sys.argv[1:6]
+    sys.stdout.write(json.dumps(_measure(Path(blobs_dir), Path(manifest_path), Path(grown_path),
+                                         base_name, device_name)) + "\n")

@@ -53,7 +53,8 @@ def render(payload: dict[str, Any]) -> str:
         f"Base {payload['base_model']}; {hw['cpu_model']} ({hw['cpu_count']} cores, "
         f"{hw['threads']} torch threads), device {hw['device']}"
         + (f" ({hw['cuda_device']})" if hw.get("cuda_device") else "")
-        + f"; torch {payload['versions']['torch']}. Command: `{payload['command']}`.", "",
+        + f"; torch {payload['versions']['torch']}. Commands: "
+        + "; ".join(f"`{c}`" for c in payload.get("commands", [payload["command"]])) + ".", "",
         "Ratios are measured side by side in one run: every contender runs the same batch in "
         "turn, rep after rep, so drift of this shared machine hits all of them alike; ×bare = "
         "rows/s ÷ the bare base model's rows/s on the same batch (1.0 = no adapter cost).", "",
@@ -94,9 +95,10 @@ def render(payload: dict[str, Any]) -> str:
                 f"{s['summary']['rows_per_s']} | {base['rows_per_s']} |", ""]
     if payload.get("memory"):
         out += ["## Memory and swap time against live tasks", "",
-                "A fresh LoadedBank per row syncs the version (cold load), then the version with "
-                "one more task (the swap: only the new modules load). Resident memory is the "
-                "process's RSS growth over the loaded base model.", ""]
+                "Per row a fresh process loads the base model, syncs the version with that many "
+                "tasks (cold load), then the version with one more task (the swap: only the new "
+                "modules load, and serving changes version by a reference between batches). "
+                "Resident memory is that process's RSS growth over the loaded base.", ""]
         out += memory_table(payload["memory"]) + [""]
     if payload.get("notes"):
         out += ["## Notes", ""] + [f"- {n}" for n in payload["notes"]] + [""]
@@ -158,9 +160,26 @@ def plots(payload: dict[str, Any], out: Path) -> list[Path]:
     return files
 
 
+PART_KEYS = ("engine", "engine_config", "http", "http_config", "swap", "memory")
+
+
+def merge(payload: dict[str, Any], path: Path) -> dict[str, Any]:
+    """A run of some parts keeps the other parts of an earlier run on the same base model."""
+    try:
+        old = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return payload | {"commands": [payload["command"]]}
+    if old.get("base_model") != payload["base_model"]:
+        return payload | {"commands": [payload["command"]]}
+    kept = {k: old[k] for k in PART_KEYS if k in old and k not in payload}
+    earlier = old.get("commands") or ([old["command"]] if "command" in old else [])
+    return payload | kept | {"commands": [*earlier, payload["command"]]}
+
+
 def write(payload: dict[str, Any], out: Path, with_plots: bool = True) -> list[Path]:
     out.mkdir(parents=True, exist_ok=True)
     json_path = out / "serving.json"
+    payload = merge(payload, json_path)
     json_path.write_text(json.dumps(payload, indent=1, sort_keys=True) + "\n")
     md_path = out / "serving.md"
     files = [json_path, md_path]
