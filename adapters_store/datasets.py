@@ -13,6 +13,8 @@ from adapters_store.errors import InvalidInput
 from adapters_store.records import InputKind
 
 MAX_REPORTED_LINES = 20
+# A row is {"text", "text_pair", "label"}: anything nested deeper is not a row.
+MAX_JSON_DEPTH = 8
 
 
 @dataclass(frozen=True)
@@ -81,10 +83,42 @@ def _row_from_obj(obj: object, max_chars: int) -> Row:
     return Row(text=text, label=label.strip(), text_pair=pair)
 
 
+def _nesting(line: str) -> int:
+    """Deepest bracket nesting of a JSON text (outside strings), without parsing it."""
+    depth = deepest = 0
+    in_string = escaped = False
+    for ch in line:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif ch == "\\":
+                escaped = True
+            elif ch == '"':
+                in_string = False
+        elif ch == '"':
+            in_string = True
+        elif ch in "[{":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif ch in "]}":
+            depth -= 1
+    return deepest
+
+
 def _iter_jsonl(raw: str, max_chars: int, errors: list[dict]) -> list[tuple[int, Row]]:
     rows = []
+    # A row is one flat object of strings; the limits keep a hostile line from costing a
+    # recursion error or unbounded parse time.
+    max_line = 3 * max_chars + 1024
     for lineno, line in enumerate(raw.splitlines(), start=1):
         if not line.strip():
+            continue
+        if len(line) > max_line:
+            errors.append({"line": lineno, "error": f"line longer than {max_line} characters"})
+            continue
+        if _nesting(line) > MAX_JSON_DEPTH:
+            errors.append({"line": lineno,
+                           "error": f"JSON nested deeper than {MAX_JSON_DEPTH} levels"})
             continue
         try:
             rows.append((lineno, _row_from_obj(json.loads(line), max_chars)))
@@ -96,6 +130,13 @@ def _iter_jsonl(raw: str, max_chars: int, errors: list[dict]) -> list[tuple[int,
 def _iter_csv(raw: str, max_chars: int, errors: list[dict]) -> list[tuple[int, Row]]:
     reader = csv.DictReader(io.StringIO(raw, newline=""))
     header = reader.fieldnames or []
+    duplicates = sorted({name for name in header if header.count(name) > 1})
+    if duplicates:
+        # csv.DictReader keeps only the last of two equal columns: refuse instead of guessing.
+        raise InvalidInput(
+            f"the CSV header names columns more than once: {duplicates}",
+            {"lines": [{"line": 1, "error": f"header is {header}"}]},
+        )
     if "text" not in header or "label" not in header:
         raise InvalidInput(
             "CSV needs a header row with columns text,label (and optionally text_pair)",
@@ -131,7 +172,10 @@ def parse_dataset(
     try:
         raw = data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
-        raise InvalidInput("the file is not valid UTF-8", {"byte_offset": exc.start}) from exc
+        line = data.count(b"\n", 0, exc.start) + 1
+        raise InvalidInput(f"the file is not valid UTF-8 (line {line})", {
+            "lines": [{"line": line, "error": f"invalid UTF-8 byte {data[exc.start]:#04x}"}],
+            "byte_offset": exc.start}) from exc
     errors: list[dict] = []
     numbered = (_iter_jsonl if fmt == "jsonl" else _iter_csv)(raw, max_chars, errors)
     if errors:

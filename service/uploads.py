@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import PurePosixPath, PureWindowsPath
 
 from fastapi import Request
@@ -41,6 +41,11 @@ class Upload:
     data: bytes
     filename: str
     content_type: str | None
+    # Other multipart fields (strategy, hyperparameters): validated like the query string's.
+    fields: dict[str, list[str]] = field(default_factory=dict)
+
+    def fields_items(self) -> list[tuple[str, str]]:
+        return [(key, value) for key, values in self.fields.items() for value in values]
 
 
 def clean_filename(name: str | None, fallback: str) -> str:
@@ -73,9 +78,17 @@ async def read_upload(request: Request, filename: str | None, limit: int) -> Upl
             if not isinstance(file, UploadFile):
                 raise InvalidInput("the multipart upload needs a file in the field 'file'",
                                    {"fields": sorted(form.keys())})
+            fields: dict[str, list[str]] = {}
+            for key, value in form.multi_items():
+                if key == "file":
+                    continue
+                if not isinstance(value, str):
+                    raise InvalidInput(f"the multipart field {key!r} must be text, not a file",
+                                       {"field": key})
+                fields.setdefault(key, []).append(value)
             data = await _read_file(file, limit)
             name = clean_filename(file.filename or filename, "upload")
-            return Upload(data, name, file.content_type)
+            return Upload(data, name, file.content_type, fields)
     if content_type in RAW_TYPES:
         chunks, size = [], 0
         async for chunk in request.stream():

@@ -10,7 +10,7 @@ from fastapi import APIRouter, Query, Request, Response
 from adapters_store.errors import InvalidInput, NoWorker
 from adapters_store.records import Route
 from adapters_store.registry import Registry
-from adapters_store.strategy_params import StrategyName
+from adapters_store.strategy_params import STRATEGY_NAMES, StrategyName
 from adapters_store.streams import InputItem
 from service.auth import AdminAuth, InferenceAuth, ReadAuth
 from service.deps import (
@@ -55,10 +55,16 @@ async def upload_dataset(
     filename: Annotated[str | None, Query(max_length=200, description="raw body's name")] = None,
 ) -> UploadAccepted:
     # The body is read here (not as an UploadFile parameter) so auth runs before any byte is read.
-    chosen = strategy or settings.strategy
     try:
-        params = hyperparameters(request)
+        params = hyperparameters(request.query_params.multi_items(), skip={"strategy", "filename"})
         upload = await read_upload(request, filename, settings.max_upload_bytes)
+        chosen = _strategy(strategy, upload.fields) or settings.strategy
+        form_params = hyperparameters(upload.fields_items(), skip={"strategy"})
+        both = sorted(params.keys() & form_params.keys())
+        if both:
+            raise InvalidInput("a hyperparameter is given both in the query string and in the "
+                               "form", {"fields": both})
+        params |= form_params
         dataset, job = await anyio.to_thread.run_sync(
             accept_dataset, registry, blobs, settings, task_id, upload, chosen, params)
     except Exception:
@@ -70,19 +76,34 @@ async def upload_dataset(
                           status_url=f"/v1/jobs/{job.job_id}")
 
 
-def hyperparameters(request: Request) -> dict[str, str | list[str]]:
-    """Query parameters other than strategy/filename are strategy hyperparameters
-    (``forced_layers`` as ``2,3`` or repeated); validated by StrategyOverrides."""
+def hyperparameters(items: list[tuple[str, str]], skip: set[str]) -> dict[str, str | list[str]]:
+    """Query or form fields other than ``skip`` are strategy hyperparameters (``forced_layers``
+    as ``2,3`` or repeated); validated by StrategyOverrides, so an unknown one is a 422."""
     raw: dict[str, str | list[str]] = {}
-    for key in request.query_params:
-        if key in ("strategy", "filename"):
+    for key, value in items:
+        if key in skip:
             continue
-        values = request.query_params.getlist(key)
         if key == "forced_layers":
-            raw[key] = [v.strip() for value in values for v in value.split(",") if v.strip()]
+            listed = raw.setdefault(key, [])
+            assert isinstance(listed, list)
+            listed.extend(v.strip() for v in value.split(",") if v.strip())
         else:
-            raw[key] = values[-1]
+            raw[key] = value
     return raw
+
+
+def _strategy(query: str | None, form: dict[str, list[str]]) -> StrategyName | None:
+    """The strategy from the query string (FastAPI checked it) or the form (checked here)."""
+    given = form.get("strategy", [])
+    if given and query is not None:
+        raise InvalidInput("strategy is given both in the query string and in the form",
+                           {"fields": ["strategy"]})
+    if not given:
+        return query
+    if len(given) > 1 or given[0] not in STRATEGY_NAMES:
+        raise InvalidInput(f"unknown strategy {given[-1][:100]!r}",
+                           {"strategy": given[-1][:100], "choices": list(STRATEGY_NAMES)})
+    return given[0]  # type: ignore[return-value]
 
 
 def _inputs(body: PredictRequest, max_inputs: int, max_chars: int) -> list[InputItem]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -50,9 +51,9 @@ def assert_error(response: httpx.Response, status: int, code: str) -> dict:
     return body["error"]
 
 
-def upload(client: TestClient, task_id: str, data: bytes, name: str = "d.jsonl",
+def upload(client: TestClient, task_id: str, body: bytes, name: str = "d.jsonl",
            **kw: object) -> httpx.Response:
-    return client.post(f"/v1/tasks/{task_id}/datasets", files={"file": (name, data)}, **kw)
+    return client.post(f"/v1/tasks/{task_id}/datasets", files={"file": (name, body)}, **kw)
 
 
 def blob_files(settings: Settings) -> list[Path]:
@@ -105,6 +106,73 @@ def test_malformed_jsonl_names_lines_and_stores_nothing(api: TestClient, registr
                          "invalid_input")
     assert [e["line"] for e in error["details"]["lines"]] == [3, 6]
     assert_nothing_stored(registry, settings)
+
+
+def _bad_utf8() -> bytes:
+    lines = to_jsonl(make_rows()).splitlines(keepends=True)
+    lines[3] = lines[3].replace(b"example", b"ex\xffample")
+    return b"".join(lines)
+
+
+def _dup_csv() -> bytes:
+    body = to_csv(make_rows()).decode().splitlines()[1:]
+    return ("text,text,label\n" + "\n".join(f"{r.split(',')[0]},{r}" for r in body)).encode()
+
+
+def _deep_jsonl() -> bytes:
+    lines = to_jsonl(make_rows()).decode().splitlines()
+    lines[1] = "[" * 20_000 + "]" * 20_000
+    return "\n".join(lines).encode()
+
+
+def _long_line_jsonl() -> bytes:
+    lines = to_jsonl(make_rows()).decode().splitlines()
+    lines[2] = json.dumps({"text": "x" * 200_000, "label": "pos"})
+    return "\n".join(lines).encode()
+
+
+@pytest.mark.parametrize("data,name,line", [
+    (_bad_utf8(), "d.jsonl", 4),        # invalid UTF-8, reported by line
+    (_dup_csv(), "d.csv", 1),           # text,text,label: which text would we train on?
+    (_deep_jsonl(), "d.jsonl", 2),      # nested 20,000 levels (was a RecursionError, 500)
+    (_long_line_jsonl(), "d.jsonl", 3),  # a line past the length limit
+])
+def test_hostile_datasets_are_422_by_line(api: TestClient, registry: Registry,
+                                          settings: Settings, data: bytes, name: str,
+                                          line: int) -> None:
+    error = assert_error(upload(api, "sentiment", data, name), 422, "invalid_input")
+    assert [e["line"] for e in error["details"]["lines"]] == [line], error
+    assert_nothing_stored(registry, settings)
+
+
+@pytest.mark.parametrize("form,fragment", [
+    ({"strategy": "bogus"}, "unknown strategy"),
+    ({"strategy": "x" * 10_000}, "unknown strategy"),
+    ({"epochs": "0"}, "invalid strategy parameters"),
+    ({"not_a_knob": "1"}, "invalid strategy parameters"),
+])
+def test_form_fields_are_validated_like_the_query(api: TestClient, registry: Registry,
+                                                  settings: Settings, form: dict,
+                                                  fragment: str) -> None:
+    error = assert_error(upload(api, "sentiment", to_jsonl(make_rows()), data=form), 422,
+                         "invalid_input")
+    assert fragment in error["message"]
+    assert_nothing_stored(registry, settings)
+
+
+def test_form_fields_apply_and_may_not_contradict_the_query(api: TestClient,
+                                                            registry: Registry) -> None:
+    both = upload(api, "sentiment", to_jsonl(make_rows()), data={"epochs": "2"},
+                  params={"epochs": "3"})
+    assert "both" in assert_error(both, 422, "invalid_input")["message"]
+    ok = upload(api, "sentiment", to_jsonl(make_rows()),
+                data={"strategy": "per_task", "epochs": "2", "forced_layers": ""})
+    assert ok.status_code == 422  # forced_layers does not apply to per_task
+    ok = upload(api, "sentiment", to_jsonl(make_rows()), data={"strategy": "per_task",
+                                                              "epochs": "2"})
+    assert ok.status_code == 202, ok.text
+    job = registry.job(ok.json()["job_id"])
+    assert job.strategy == "per_task" and job.params.epochs == 2
 
 
 @pytest.mark.parametrize("data,name", [
