@@ -87,6 +87,7 @@ class Supervisor:
     def _wait_ready(self, url: str, timeout_s: float) -> bool:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline and not self.stop.is_set():
+            self._restart_redis_if_dead()
             if any(not c.alive() for c in self.children):
                 return False
             try:
@@ -97,7 +98,19 @@ class Supervisor:
             self.stop.wait(0.5)
         return False
 
+    def _restart_redis_if_dead(self) -> None:
+        """The embedded Redis is supervised too: restarted on the same data (AOF) and socket.
+        Its clients wait out the gap (they retry with backoff) instead of dying with it."""
+        if self.redis is None or self.redis.process is None or self.redis.process.poll() is None:
+            return
+        log.warning("embedded redis exited with %s; restarting it", self.redis.process.returncode)
+        try:
+            self.redis.start()
+        except (OSError, RuntimeError, TimeoutError) as exc:
+            log.error("could not restart redis: %s; trying again in a second", exc)
+
     def _restart_if_dead(self, env: dict[str, str]) -> bool:
+        self._restart_redis_if_dead()
         now = time.monotonic()
         for child in self.children:
             if child.alive():

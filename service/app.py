@@ -6,12 +6,11 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-import redis
-import redis.asyncio as aioredis
 from fastapi import FastAPI
 
 from adapters_store.blobstore import BlobStore
 from adapters_store.keys import Keys
+from adapters_store.redis_client import async_client, sync_client
 from adapters_store.registry import Registry
 from adapters_store.settings import Settings
 from service.errors import install_error_handlers
@@ -28,8 +27,8 @@ logger = logging.getLogger(__name__)
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     settings: Settings = app.state.settings
     keys = Keys(settings.key_prefix)
-    client = redis.Redis.from_url(settings.redis_url)
-    aclient = aioredis.Redis.from_url(settings.redis_url)
+    client = sync_client(settings.redis_url)
+    aclient = async_client(settings.redis_url)
     registry = Registry(client, keys)
     inference = InferenceClient(aclient, keys, settings)
     try:

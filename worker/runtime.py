@@ -6,6 +6,7 @@ import logging
 import os
 import signal
 import threading
+import time
 import uuid
 
 import redis
@@ -13,10 +14,13 @@ import torch
 
 from adapters_store.blobstore import BlobStore
 from adapters_store.keys import Keys
+from adapters_store.redis_client import sync_client
 from adapters_store.registry import Registry
 from adapters_store.settings import Settings
 from worker.base_model import load_base
 from worker.routed_model import RoutedEncoder
+
+STARTUP_WAIT_S = 300.0
 
 
 def pick_device(setting: str) -> torch.device:
@@ -52,9 +56,22 @@ class GracefulStop:
 
 
 def connect(settings: Settings) -> tuple[redis.Redis, Registry, BlobStore]:
-    client = redis.Redis.from_url(settings.redis_url, health_check_interval=30)
+    client = sync_client(settings.redis_url)
     registry = Registry(client, Keys(settings.key_prefix))
-    registry.ensure_groups()
+    # A worker that starts while Redis is away waits for it rather than crash-looping.
+    deadline = time.monotonic() + STARTUP_WAIT_S
+    delay = 0.25
+    while True:
+        try:
+            registry.ensure_groups()
+            break
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            if time.monotonic() > deadline:
+                raise
+            logging.getLogger(__name__).warning("redis unavailable (%s); retrying in %.1fs",
+                                                exc, delay)
+            time.sleep(delay)
+            delay = min(2 * delay, 5.0)
     return client, registry, BlobStore(settings.data_dir / "blobs")
 
 

@@ -22,6 +22,8 @@ log = logging.getLogger(__name__)
 Entry = tuple[bytes, dict[bytes, bytes]]
 # Between two polls of the batch window: short enough that the window is what max_wait_ms says.
 POLL_S = 0.0005
+OUTAGE_BACKOFF_S = 0.25
+OUTAGE_BACKOFF_MAX_S = 5.0
 
 
 class StopRequested(Exception):
@@ -131,53 +133,79 @@ class StreamWorker(ABC):
 
     def _keepalive_loop(self) -> None:
         interval = self.keepalive_interval()
-        while not self._halt.wait(interval):
+        while True:
             try:
                 self.keepalive()
                 self._beat()
             except redis.RedisError as exc:
                 log.warning("%s %s keepalive failed: %s", self.kind, self.worker_id, exc)
+            if self._halt.wait(interval):
+                return
 
     def base_heartbeat(self, version: str | None, device: str) -> Heartbeat:
         return Heartbeat(worker_id=self.worker_id, kind=self.kind, pid=os.getpid(),
                          version=version, batches=self.batches, device=device)
 
+    def _iteration(self, cfg: StreamConfig) -> bool:
+        """Read one batch and handle it; False when there was nothing to read."""
+        if not self.ready():
+            self.stop.event.wait(1.0)  # another worker holds the lease: stand by
+            return False
+        self.before_read()
+        entries = self.collect(cfg)
+        if not entries:
+            return False
+        pipe = self.client.pipeline(transaction=False)
+        self.handle(entries, pipe)
+        ids = [e[0] for e in entries]
+        pipe.xack(cfg.stream, cfg.group, *ids)
+        pipe.xdel(cfg.stream, *ids)
+        pipe.execute()
+        self.batches += 1
+        return True
+
     def run(self, max_batches: int | None = None, idle_exit_s: float | None = None) -> int:
         """Serve until stopped, ``max_batches`` are handled, or idle ``idle_exit_s`` (burst)."""
         cfg = self.stream_config()
         self._halt.clear()
-        self.before_read()
-        self._beat()
         thread = threading.Thread(target=self._keepalive_loop, daemon=True, name="keepalive")
         thread.start()
         idle_since = time.monotonic()
         log.info("%s %s ready", self.kind, self.worker_id)
+        backoff = OUTAGE_BACKOFF_S
         try:
             while not self.stop.stopping and (max_batches is None or self.batches < max_batches):
                 if idle_exit_s is not None and time.monotonic() - idle_since > idle_exit_s:
                     break
-                if not self.ready():
-                    self.stop.event.wait(1.0)  # another worker holds the lease: stand by
-                    continue
-                self.before_read()
-                entries = self.collect(cfg)
-                if not entries:
-                    continue
-                pipe = self.client.pipeline(transaction=False)
                 try:
-                    self.handle(entries, pipe)
+                    handled = self._iteration(cfg)
                 except StopRequested:
                     break
-                ids = [e[0] for e in entries]
-                pipe.xack(cfg.stream, cfg.group, *ids)
-                pipe.xdel(cfg.stream, *ids)
-                pipe.execute()
-                self.batches += 1
-                idle_since = time.monotonic()
+                except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
+                    # Redis is away: wait it out (its client already retried) instead of dying.
+                    log.warning("%s %s: redis unavailable (%s); retrying in %.1fs", self.kind,
+                                self.worker_id, exc, backoff)
+                    self.stop.event.wait(backoff)
+                    backoff = min(2 * backoff, OUTAGE_BACKOFF_MAX_S)
+                    continue
+                except redis.ResponseError as exc:
+                    if "NOGROUP" not in str(exc):
+                        raise
+                    # Redis came back empty (no AOF): recreate the streams and groups.
+                    log.warning("%s %s: consumer group gone; recreating it", self.kind,
+                                self.worker_id)
+                    self.registry.ensure_groups()
+                    continue
+                backoff = OUTAGE_BACKOFF_S
+                if handled:
+                    idle_since = time.monotonic()
         finally:
             self._halt.set()
             thread.join(timeout=5)
-            self.on_exit()
-            self.registry.forget_worker(self.worker_id)
+            try:
+                self.on_exit()
+                self.registry.forget_worker(self.worker_id)
+            except redis.RedisError as exc:  # its heartbeat expires on its own
+                log.warning("%s %s: could not sign off: %s", self.kind, self.worker_id, exc)
             log.info("%s %s stopped after %d batches", self.kind, self.worker_id, self.batches)
         return self.batches

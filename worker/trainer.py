@@ -102,7 +102,12 @@ class Trainer(StreamWorker):
                                    total_steps=p.total_steps, stage_step=p.stage_step,
                                    stage_steps=p.stage_steps, fraction=p.fraction, loss=p.loss,
                                    eta_s=p.eta_s)
-        self.registry.save_job(job)
+        try:
+            self.registry.save_job(job)
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            # Progress is best effort: a Redis blip must not fail a long job; publishing needs
+            # Redis and will wait for it (or leave the job to be retried).
+            log.warning("job %s: progress not saved: %s", job.job_id, exc)
 
     def process(self, job_id: str) -> JobRecord | None:
         try:
@@ -133,6 +138,13 @@ class Trainer(StreamWorker):
             job.progress = JobProgress(stage="interrupted; will be retried")
             self.registry.save_job(job)
             log.info("job %s task %s interrupted by shutdown", job.job_id, job.task_id)
+            raise
+        except (redis.ConnectionError, redis.TimeoutError):
+            # Redis went away mid-job: the bank did not move, and the message stays pending, so
+            # the job runs again once Redis is back. Not the job's fault: no attempt is counted.
+            job.attempts -= 1
+            log.warning("job %s task %s: redis unavailable; the job will be retried", job.job_id,
+                        job.task_id)
             raise
         except AdapterdError as exc:
             log.warning("job %s task %s failed: %s", job.job_id, job.task_id, exc.message)
