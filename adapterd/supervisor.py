@@ -16,8 +16,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
+import redis
 
 from adapterd.redis_server import RedisServer
+from adapters_store.keys import Keys
+from adapters_store.redis_client import sync_client
+from adapters_store.registry import Registry
 from adapters_store.settings import Settings
 
 log = logging.getLogger("adapterd.serve")
@@ -72,6 +76,7 @@ class Supervisor:
         self.children = _children(workers, trainer, settings)
         self.external_redis = redis_url
         self.redis: RedisServer | None = None
+        self.registry: Registry | None = None
         self.stop = threading.Event()
         self.log_dir = settings.data_dir / "logs"
 
@@ -98,6 +103,19 @@ class Supervisor:
             self.stop.wait(0.5)
         return False
 
+    def _forget(self, pid: int) -> None:
+        """Drop a dead child's heartbeat at once, so the others take over what it held now
+        instead of when its heartbeat would have expired."""
+        if self.registry is None:
+            return
+        try:
+            for worker_id in self.registry.r.smembers(self.registry.keys.workers):
+                name = worker_id.decode() if isinstance(worker_id, bytes) else worker_id
+                if f"-{pid}-" in name:
+                    self.registry.forget_worker(name)
+        except redis.RedisError as exc:
+            log.warning("could not drop the heartbeat of pid %d: %s", pid, exc)
+
     def _restart_redis_if_dead(self) -> None:
         """The embedded Redis is supervised too: restarted on the same data (AOF) and socket.
         Its clients wait out the gap (they retry with backoff) instead of dying with it."""
@@ -122,6 +140,8 @@ class Supervisor:
                           code, self.log_dir / f"{child.name}.log")
                 return False
             log.warning("%s exited with %s; restarting", child.name, code)
+            if child.process is not None:
+                self._forget(child.process.pid)
             child.restarts.append(now)
             child.start(env, self.log_dir)
         return True
@@ -141,6 +161,7 @@ class Supervisor:
                 redis_url = self.redis.url
                 log.info("embedded redis on %s", self.redis.socket)
             env = self._env(redis_url)
+            self.registry = Registry(sync_client(redis_url), Keys(self.settings.key_prefix))
             for child in self.children:
                 child.start(env, self.log_dir)
             url = f"http://{self.settings.host}:{self.settings.port}"

@@ -206,6 +206,7 @@ class JobRecord(Record):
     state: JobState = "queued"
     attempts: int = 0
     trainer_id: str | None = None
+    reclaimed_from: str | None = Field(None, description="the trainer that died running it")
     progress: JobProgress = Field(default_factory=JobProgress)
     result: JobResult | None = None
     error: str | None = None

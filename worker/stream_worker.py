@@ -22,6 +22,8 @@ log = logging.getLogger(__name__)
 Entry = tuple[bytes, dict[bytes, bytes]]
 # Between two polls of the batch window: short enough that the window is what max_wait_ms says.
 POLL_S = 0.0005
+# How often a worker looks for entries held by consumers with no heartbeat (one XPENDING).
+DEAD_CHECK_S = 1.0
 OUTAGE_BACKOFF_S = 0.25
 OUTAGE_BACKOFF_MAX_S = 5.0
 
@@ -60,6 +62,7 @@ class StreamWorker(ABC):
         self.batches = 0
         self._halt = threading.Event()
         self._last_claim = 0.0
+        self._last_dead_check = 0.0
 
     # ---- hooks ----------------------------------------------------------------------------
     @abstractmethod
@@ -109,10 +112,43 @@ class StreamWorker(ABC):
             log.warning("%s %s claimed %d stale entries", self.kind, self.worker_id, len(claimed))
         return claimed or []
 
+    def _claim_from_dead(self, cfg: StreamConfig) -> list[Entry]:
+        """Entries read by consumers whose heartbeat is gone (a killed worker): claimed at once,
+        not after ``claim_idle_ms``, so a crash costs its requests seconds, not the timeout."""
+        now = time.monotonic()
+        if now - self._last_dead_check < DEAD_CHECK_S:
+            return []
+        self._last_dead_check = now
+        summary = self.client.xpending(cfg.stream, cfg.group)
+        owners = [c["name"].decode() if isinstance(c["name"], bytes) else c["name"]
+                  for c in summary.get("consumers") or [] if int(c["pending"]) > 0]
+        owners = [o for o in owners if o != self.worker_id]
+        if not owners:
+            return []
+        alive = {hb.worker_id for hb in self.registry.heartbeats()}
+        entries: list[Entry] = []
+        for owner in owners:
+            if owner in alive:
+                continue
+            rows = self.client.xpending_range(cfg.stream, cfg.group, min="-", max="+",
+                                              count=cfg.batch - len(entries),
+                                              consumername=owner)
+            ids = [r["message_id"] for r in rows]
+            if ids:
+                entries += [e for e in self.client.xclaim(cfg.stream, cfg.group, self.worker_id,
+                                                          min_idle_time=0, message_ids=ids)
+                            if e[1]]  # an entry deleted meanwhile comes back empty
+                log.warning("%s %s took %d entries of %s, which is gone", self.kind,
+                            self.worker_id, len(ids), owner)
+            if len(entries) >= cfg.batch:
+                break
+        return entries
+
     def collect(self, cfg: StreamConfig) -> list[Entry]:
         """Up to ``batch`` entries: stale ones first, else block for one, then poll for more
         until the batch is full or ``max_wait_ms`` after the first has passed."""
-        entries = self._claim_stale(cfg) or self._read(cfg, cfg.batch, cfg.block_ms)
+        entries = (self._claim_from_dead(cfg) or self._claim_stale(cfg)
+                   or self._read(cfg, cfg.batch, cfg.block_ms))
         if not entries or cfg.max_wait_ms <= 0:
             return entries
         deadline = time.monotonic() + cfg.max_wait_ms / 1000

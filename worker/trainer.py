@@ -83,9 +83,18 @@ class Trainer(StreamWorker):
         if self.holding:
             self.holding = bool(self.client.eval(_RENEW, 1, self.keys.trainer_lease,
                                                  self.worker_id, ttl_ms))
-        else:
-            self.holding = bool(self.client.set(self.keys.trainer_lease, self.worker_id, nx=True,
-                                                px=ttl_ms))
+            return self.holding
+        holder = self.client.get(self.keys.trainer_lease)
+        if holder is not None:
+            holder_id = holder.decode() if isinstance(holder, bytes) else holder
+            if holder_id not in {hb.worker_id for hb in self.registry.heartbeats()}:
+                # Its heartbeat is gone (a killed trainer): free the lease now rather than wait
+                # out its TTL; the compare-and-delete never frees a lease someone renewed.
+                log.warning("trainer %s: lease holder %s is gone; taking over", self.worker_id,
+                            holder_id)
+                self.client.eval(_RELEASE, 1, self.keys.trainer_lease, holder_id)
+        self.holding = bool(self.client.set(self.keys.trainer_lease, self.worker_id, nx=True,
+                                            px=ttl_ms))
         return self.holding
 
     # ---- jobs -------------------------------------------------------------------------------
@@ -117,6 +126,8 @@ class Trainer(StreamWorker):
             return None
         if job.state in ("succeeded", "failed"):
             return job  # a redelivered message for a finished job: idempotent no-op
+        if job.state == "running" and job.trainer_id not in (None, self.worker_id):
+            job.reclaimed_from = job.trainer_id  # its trainer died mid-job
         job.attempts += 1
         job.trainer_id = self.worker_id
         job.state, job.started_at, job.error = "running", time.time(), None

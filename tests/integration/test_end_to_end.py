@@ -140,7 +140,9 @@ def test_worker_killed_mid_stream_is_covered_by_another(stack_settings: Settings
 
             wait_for(pending, 30, "requests pending on the victim", procs)
             victim.stop(signal.SIGKILL)
-            rescuer = WorkerProcess("inference", stack_settings, logs, claim_idle_ms=500)
+            # The idle-claim path is off (a minute): only "its consumer has no heartbeat any
+            # more" can hand the victim's requests over before the predict timeout.
+            rescuer = WorkerProcess("inference", stack_settings, logs, claim_idle_ms=60_000)
             try:
                 replies = [f.result(timeout=90) for f in futures]
             finally:
@@ -281,6 +283,35 @@ def test_trainer_stopped_mid_job_leaves_it_to_the_next(stack_settings: Settings,
         finally:
             second.stop()
         assert done.state == "succeeded" and done.trainer_id != job.trainer_id
+    finally:
+        first.stop()
+        api.stop()
+
+
+def test_trainer_killed_mid_job_is_taken_over_at_once(stack_settings: Settings,
+                                                       registry: Registry,
+                                                       tmp_path: Path) -> None:
+    logs = tmp_path / "logs"
+    # A long lease: only "the lease holder has no heartbeat" can hand the job over in time.
+    slow = stack_settings.model_copy(update={"safm_epochs": 40, "lease_ttl_s": 300.0})
+    first = WorkerProcess("trainer", slow, logs)
+    api = ApiProcess(slow, logs)
+    try:
+        wait_workers(registry, "trainer", 1, 120, (first, api))
+        wait_for(lambda: httpx.get(f"{api.url}/healthz").status_code == 200, 60, "API")
+        job_id = upload(api.url, "colors", jsonl(keyword_rows(30)))["job_id"]
+        wait_for(lambda: registry.job(job_id).progress.stage == "tuning", 120, "tuning", (first,))
+        dead_id = registry.job(job_id).trainer_id
+        first.stop(signal.SIGKILL)
+        assert registry.live_version() is None  # the bank never moved
+        second = WorkerProcess("trainer", slow, logs)
+        try:
+            done = wait_job(registry, job_id, 120, (second,))
+        finally:
+            second.stop()
+        assert done.state == "succeeded", done.error
+        assert done.reclaimed_from == dead_id and done.trainer_id != dead_id
+        assert done.attempts == 2
     finally:
         first.stop()
         api.stop()
