@@ -7,6 +7,7 @@ import signal
 import threading
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -261,18 +262,29 @@ def test_strategy_parameters_are_validated_per_upload(stack: dict) -> None:
     assert r.status_code == 202, r.text
 
 
-def test_trainer_stopped_mid_job_leaves_it_to_the_next(stack_settings: Settings,
-                                                       registry: Registry,
-                                                       tmp_path: Path) -> None:
-    logs = tmp_path / "logs"
-    slow = stack_settings.model_copy(update={"safm_epochs": 40})
-    first = WorkerProcess("trainer", slow, logs)
-    api = ApiProcess(slow, logs)
+@contextmanager
+def _job_in_tuning(settings: Settings, registry: Registry,
+                   logs: Path) -> Iterator[tuple[WorkerProcess, str]]:
+    """A trainer (and the API) with a long safm job that has reached its tuning stage."""
+    first = WorkerProcess("trainer", settings, logs)
+    api = ApiProcess(settings, logs)
     try:
         wait_workers(registry, "trainer", 1, 120, (first, api))
         wait_for(lambda: httpx.get(f"{api.url}/healthz").status_code == 200, 60, "API")
         job_id = upload(api.url, "colors", jsonl(keyword_rows(30)))["job_id"]
         wait_for(lambda: registry.job(job_id).progress.stage == "tuning", 120, "tuning", (first,))
+        yield first, job_id
+    finally:
+        first.stop()
+        api.stop()
+
+
+def test_trainer_stopped_mid_job_leaves_it_to_the_next(stack_settings: Settings,
+                                                       registry: Registry,
+                                                       tmp_path: Path) -> None:
+    logs = tmp_path / "logs"
+    slow = stack_settings.model_copy(update={"safm_epochs": 40})
+    with _job_in_tuning(slow, registry, logs) as (first, job_id):
         assert first.stop(timeout_s=15) == 0  # SIGTERM: stops at the next step, exits cleanly
         job = registry.job(job_id)
         assert job.state == "queued" and job.attempts == 0
@@ -283,9 +295,6 @@ def test_trainer_stopped_mid_job_leaves_it_to_the_next(stack_settings: Settings,
         finally:
             second.stop()
         assert done.state == "succeeded" and done.trainer_id != job.trainer_id
-    finally:
-        first.stop()
-        api.stop()
 
 
 def test_trainer_killed_mid_job_is_taken_over_at_once(stack_settings: Settings,
@@ -294,13 +303,7 @@ def test_trainer_killed_mid_job_is_taken_over_at_once(stack_settings: Settings,
     logs = tmp_path / "logs"
     # A long lease: only "the lease holder has no heartbeat" can hand the job over in time.
     slow = stack_settings.model_copy(update={"safm_epochs": 40, "lease_ttl_s": 300.0})
-    first = WorkerProcess("trainer", slow, logs)
-    api = ApiProcess(slow, logs)
-    try:
-        wait_workers(registry, "trainer", 1, 120, (first, api))
-        wait_for(lambda: httpx.get(f"{api.url}/healthz").status_code == 200, 60, "API")
-        job_id = upload(api.url, "colors", jsonl(keyword_rows(30)))["job_id"]
-        wait_for(lambda: registry.job(job_id).progress.stage == "tuning", 120, "tuning", (first,))
+    with _job_in_tuning(slow, registry, logs) as (first, job_id):
         dead_id = registry.job(job_id).trainer_id
         first.stop(signal.SIGKILL)
         assert registry.live_version() is None  # the bank never moved
@@ -312,6 +315,3 @@ def test_trainer_killed_mid_job_is_taken_over_at_once(stack_settings: Settings,
         assert done.state == "succeeded", done.error
         assert done.reclaimed_from == dead_id and done.trainer_id != dead_id
         assert done.attempts == 2
-    finally:
-        first.stop()
-        api.stop()
