@@ -62,17 +62,3 @@ class RoutedEncoder(nn.Module):
 def mean_pool(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
     mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
     return (hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0)
-
-
-def apply_heads(pooled: torch.Tensor, row_heads: list[nn.Linear]) -> list[torch.Tensor]:
-    """Apply each row's head, grouping rows that share a head; returns logits per row."""
-    out: list[torch.Tensor | None] = [None] * len(row_heads)
-    groups: dict[nn.Linear, list[int]] = {}
-    for row, head in enumerate(row_heads):
-        groups.setdefault(head, []).append(row)
-    for head, rows in groups.items():
-        idx = torch.tensor(rows, device=pooled.device)
-        logits = head(pooled.index_select(0, idx))
-        for i, row in enumerate(rows):
-            out[row] = logits[i]
-    return out  # type: ignore[return-value]
