@@ -84,5 +84,10 @@ class Settings(BaseSettings):
     safm_layer_loss_weight: float = Field(0.4, ge=0)
     safm_replay_ratio: float = Field(0.2, ge=0)
     safm_forced_layers: list[int] | None = None
+    # The trainer runs at a lower CPU priority (nice) so that serving keeps its share on a
+    # small box; 0 leaves it at the inference worker's priority.
+    trainer_nice: int = Field(10, ge=0, le=19)
+    # Torch threads of the trainer alone (0: as torch_threads).
+    trainer_torch_threads: int = Field(0, ge=0)
     lease_ttl_s: float = Field(30.0, gt=1)
     job_max_attempts: int = Field(3, ge=1)

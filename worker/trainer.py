@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import time
 
 import redis
@@ -174,9 +175,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--idle-exit", type=float, default=None, help="burst mode: exit when idle")
     args = parser.parse_args(argv)
     configure_logging()
+    settings = Settings()
+    if settings.trainer_torch_threads:
+        settings = settings.model_copy(update={"torch_threads": settings.trainer_torch_threads})
+    if settings.trainer_nice and hasattr(os, "nice"):
+        os.nice(settings.trainer_nice)  # serving first: training yields the CPU when both want it
     stop = GracefulStop()
     stop.install()
-    Trainer(Settings(), stop).run(max_batches=args.max_jobs, idle_exit_s=args.idle_exit)
+    Trainer(settings, stop).run(max_batches=args.max_jobs, idle_exit_s=args.idle_exit)
     return 0
 
 
