@@ -87,7 +87,7 @@ class Supervisor:
                     "ADAPTERD_BASE_MODEL": self.settings.base_model,
                     "ADAPTERD_HOST": self.settings.host, "ADAPTERD_PORT": str(self.settings.port),
                     "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"})
-        if not self.settings.torch_threads and "ADAPTERD_TORCH_THREADS" not in os.environ:
+        if not self.settings.torch_threads:  # 0 = auto
             # Each torch process gets its share of the cores: OpenMP threads of two processes on
             # the same cores stall each other at every barrier (on 2 cores, serving fell to
             # 0.08x its idle throughput while a job trained; 1 thread each kept 0.76x).
