@@ -115,10 +115,7 @@ class Supervisor:
         if self.registry is None:
             return
         try:
-            for worker_id in self.registry.r.smembers(self.registry.keys.workers):
-                name = worker_id.decode() if isinstance(worker_id, bytes) else worker_id
-                if f"-{pid}-" in name:
-                    self.registry.forget_worker(name)
+            self.registry.forget_workers_of_pid(pid)
         except redis.RedisError as exc:
             log.warning("could not drop the heartbeat of pid %d: %s", pid, exc)
 

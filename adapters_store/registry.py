@@ -166,6 +166,18 @@ class Registry:
         self.r.delete(self.keys.heartbeat(worker_id))
         self.r.srem(self.keys.workers, worker_id)
 
+    def alive_worker_ids(self) -> set[str]:
+        return {hb.worker_id for hb in self.heartbeats()}
+
+    def forget_workers_of_pid(self, pid: int) -> list[str]:
+        """Drop the heartbeats of the worker(s) a process ran (ids carry the pid: a supervisor
+        knows a child is dead before its heartbeat expires)."""
+        gone = [w for w in (_s(m) for m in self.r.smembers(self.keys.workers))
+                if w is not None and f"-{pid}-" in w]
+        for worker_id in gone:
+            self.forget_worker(worker_id)
+        return gone
+
     def heartbeats(self) -> list[Heartbeat]:
         ids = sorted(_s(w) for w in self.r.smembers(self.keys.workers))
         raws = self.r.mget([self.keys.heartbeat(w) for w in ids]) if ids else []

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import logging
 import time
-from dataclasses import dataclass
 
 import redis
 import torch
@@ -27,13 +26,6 @@ from worker.runtime import GracefulStop, build_model, configure_logging
 from worker.stream_worker import Entry, StreamConfig, StreamWorker
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class Pending:
-    msg_id: str
-    request: InferenceRequest
-    received: float
 
 
 def length_chunks(lengths: list[int], max_tokens: int) -> list[list[int]]:

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 import torch
 from torch import nn
@@ -142,18 +143,9 @@ class SegmentRouting:
         """Every LoRA segment of one rank at this site in two bmm calls (Punica's BGMV: each
         row gathers its own A and B), instead of two small matmuls per segment. Returns the
         segments it did not handle (other kinds, or a rank with a single segment)."""
-        by_rank: dict[int, list[Segment]] = {}
-        rest: list[Segment] = []
-        for seg in segments:
-            fn = seg.module.parts[part]
-            if isinstance(fn, LoraPart):
-                by_rank.setdefault(fn.lora_A.shape[0], []).append(seg)
-            else:
-                rest.append(seg)
-        for group in by_rank.values():
-            if len(group) < 2:
-                rest += group
-                continue
+        groups, rest = _same_shape_groups(segments, part, LoraPart,
+                                          lambda p: p.lora_A.shape[0], LORA_BATCH_MIN_SEGMENTS)
+        for group in groups:
             parts = [seg.module.parts[part] for seg in group]
             slots = _slots(group, x.device)
             a = torch.stack([p.lora_A for p in parts]).index_select(0, slots)
@@ -178,18 +170,10 @@ class SegmentRouting:
                             y: torch.Tensor) -> list[Segment]:
         """Bottleneck segments of one size at this site in two batched matmuls (each row
         gathers its module's down/up weights); returns the segments it did not handle."""
-        by_size: dict[int, list[Segment]] = {}
-        rest: list[Segment] = []
-        for seg in segments:
-            fn = seg.module.parts[part]
-            if isinstance(fn, BottleneckPart):
-                by_size.setdefault(fn.down.out_features, []).append(seg)
-            else:
-                rest.append(seg)
-        for group in by_size.values():
-            if len(group) < BOTTLENECK_BATCH_MIN_SEGMENTS:
-                rest += group
-                continue
+        groups, rest = _same_shape_groups(segments, part, BottleneckPart,
+                                          lambda p: p.down.out_features,
+                                          BOTTLENECK_BATCH_MIN_SEGMENTS)
+        for group in groups:
             parts = [seg.module.parts[part] for seg in group]
             slots = _slots(group, y.device)
 
@@ -219,6 +203,24 @@ class SegmentRouting:
             at = seg.end
         pieces.append(y[at:])
         return torch.cat(pieces)
+
+
+def _same_shape_groups(segments: list[Segment], part: str, kind: type[nn.Module],
+                       shape: Callable[[Any], int], at_least: int
+                       ) -> tuple[list[list[Segment]], list[Segment]]:
+    """Segments whose part is a ``kind`` of one shape (rank, size), in groups of ``at_least``
+    or more that can run batched; every other segment is returned as the rest."""
+    by_shape: dict[int, list[Segment]] = {}
+    rest: list[Segment] = []
+    for seg in segments:
+        fn = seg.module.parts[part]
+        if isinstance(fn, kind):
+            by_shape.setdefault(shape(fn), []).append(seg)
+        else:
+            rest.append(seg)
+    groups = [g for g in by_shape.values() if len(g) >= at_least]
+    rest += [seg for g in by_shape.values() if len(g) < at_least for seg in g]
+    return groups, rest
 
 
 def _to(t: torch.Tensor, device: torch.device) -> torch.Tensor:

@@ -125,7 +125,7 @@ class StreamWorker(ABC):
         owners = [o for o in owners if o != self.worker_id]
         if not owners:
             return []
-        alive = {hb.worker_id for hb in self.registry.heartbeats()}
+        alive = self.registry.alive_worker_ids()
         entries: list[Entry] = []
         for owner in owners:
             if owner in alive:

@@ -88,7 +88,7 @@ class Trainer(StreamWorker):
         holder = self.client.get(self.keys.trainer_lease)
         if holder is not None:
             holder_id = holder.decode() if isinstance(holder, bytes) else holder
-            if holder_id not in {hb.worker_id for hb in self.registry.heartbeats()}:
+            if holder_id not in self.registry.alive_worker_ids():
                 # Its heartbeat is gone (a killed trainer): free the lease now rather than wait
                 # out its TTL; the compare-and-delete never frees a lease someone renewed.
                 log.warning("trainer %s: lease holder %s is gone; taking over", self.worker_id,

@@ -210,13 +210,21 @@ def test_batched_lora_segments_equal_one_segment_at_a_time() -> None:
     routes = [[a], [a], [b], [bottleneck], [wide], [c], [c], [None], [a]]
     x = torch.randn(len(routes), 5, 32, generator=gen)
     y = torch.randn(len(routes), 5, 32, generator=gen)
+    _assert_site_equals_row_by_row(routes, "query", "parallel", x, y)
+
+
+def _assert_site_equals_row_by_row(routes: list, part: str, mode: str, x: torch.Tensor,
+                                   y: torch.Tensor) -> None:
+    """One site of a segment-routed batch equals each row's module applied to that row alone."""
     routing = SegmentRouting.from_sorted_rows(routes, 1)
     with torch.inference_mode():
-        batched = routing.apply(0, "query", "parallel", x, y.clone())
+        batched = routing.apply(0, part, mode, x, y.clone())
         expected = y.clone()
         for row, (module,) in enumerate(routes):
-            if module is not None and "query" in module.parts:
-                expected[row] += module.parts["query"](x[row:row + 1])[0]
+            if module is not None and part in module.parts:
+                fn = module.parts[part]
+                expected[row] = (y[row] + fn(x[row:row + 1])[0] if mode == "parallel"
+                                 else fn(y[row:row + 1])[0])
     torch.testing.assert_close(batched, expected, atol=1e-5, rtol=0)
 
 
@@ -227,11 +235,4 @@ def test_batched_bottleneck_segments_equal_one_segment_at_a_time() -> None:
               [modules[3]], [modules[4]], [modules[4]]]
     gen = torch.Generator().manual_seed(5)
     y = torch.randn(len(routes), 4, 32, generator=gen)
-    routing = SegmentRouting.from_sorted_rows(routes, 1)
-    with torch.inference_mode():
-        batched = routing.apply(0, "attn", "post", y, y.clone())
-        expected = y.clone()
-        for row, (module,) in enumerate(routes):
-            if module is not None and "attn" in module.parts:
-                expected[row] = module.parts["attn"](y[row:row + 1])[0]
-    torch.testing.assert_close(batched, expected, atol=1e-5, rtol=0)
+    _assert_site_equals_row_by_row(routes, "attn", "post", y, y)
