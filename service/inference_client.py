@@ -89,9 +89,6 @@ class InferenceClient:
         with contextlib.suppress(redis.RedisError):
             await self.r.delete(self.reply_stream)
 
-    async def queue_depth(self) -> int:
-        return int(await self.r.xlen(self.keys.infer_stream))
-
     async def predict(self, task_id: str, inputs: list[InputItem],
                       version: str | None = None) -> InferenceReply:
         timeout = self.settings.request_timeout_s

@@ -21,7 +21,7 @@ from adapters_store.streams import (
 )
 from worker.bank import LoadedBank, LoadedVersion, TaskRuntime
 from worker.routed_model import RoutedEncoder
-from worker.routing import SegmentRouting
+from worker.routing import SegmentRouting, route_order
 from worker.runtime import GracefulStop, build_model, configure_logging
 from worker.stream_worker import Entry, StreamConfig, StreamWorker
 
@@ -60,7 +60,7 @@ def run_batch(model: RoutedEncoder, loaded: LoadedVersion, requests: list[Infere
     device = next(model.parameters()).device
     results: list[list[Prediction | None]] = [[None] * len(r.inputs) for r in requests]
     for chunk in length_chunks([len(e["input_ids"]) for e in encoded], max_tokens):
-        order = sorted(chunk, key=lambda k: _route_key(tasks[k]))
+        order = [chunk[i] for i in route_order([_route_key(tasks[k]) for k in chunk])]
         batch = model.base.collate([encoded[k] for k in order], device)
         with torch.inference_mode():
             routing = SegmentRouting.from_sorted_rows([tasks[k].modules for k in order],
