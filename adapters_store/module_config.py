@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field
 
-ModuleKind = Literal["bottleneck", "lora"]
+ModuleKind = Literal["bottleneck", "lora", "sparse"]
+# The kinds the plain and search strategies train; sparse modules have their own strategies.
+DenseKind = Literal["bottleneck", "lora"]
 # Site names a module may target; each model family maps them to its own sublayers.
-AdapterSite = Literal["attn", "ffn", "query", "key", "value"]
+AdapterSite = Literal["attn", "ffn", "query", "key", "value", "attn_out", "ffn_in", "ffn_out"]
 LORA_SITES: tuple[str, ...] = ("query", "key", "value")
+# Projections a sparse ΔW may target: the attention projections and the FFN's two matrices.
+SparseTarget = Literal["query", "key", "value", "attn_out", "ffn_in", "ffn_out"]
+SPARSE_TARGETS: tuple[str, ...] = get_args(SparseTarget)
 
 
 class _Config(BaseModel):
@@ -34,10 +39,32 @@ class LoraConfig(_Config):
     targets: Annotated[list[Literal["query", "key", "value"]], Field(min_length=1)]
 
 
-ModuleConfig = BottleneckConfig | LoraConfig
-CONFIG_TYPES: dict[str, type[BottleneckConfig] | type[LoraConfig]] = {
-    "bottleneck": BottleneckConfig, "lora": LoraConfig}
+class SparseConfig(_Config):
+    """A masked ΔW on some of the layer's projections (seed 002): only the kept entries are
+    stored. ``keep_ratio`` is the fraction trained per matrix; a merged module may hold more."""
+
+    intermediate: int = Field(ge=1, description="FFN width: the ffn_in/ffn_out shapes")
+    keep_ratio: float = Field(gt=0, le=1)
+    targets: Annotated[list[SparseTarget], Field(min_length=1)]
+
+    def shape(self, target: str) -> tuple[int, int]:
+        """(out_features, in_features) of ``target``'s projection."""
+        if target == "ffn_in":
+            return self.intermediate, self.hidden
+        if target == "ffn_out":
+            return self.hidden, self.intermediate
+        return self.hidden, self.hidden
+
+    def dense_size(self) -> int:
+        return sum(o * i for o, i in map(self.shape, self.targets))
+
+
+ModuleConfig = BottleneckConfig | LoraConfig | SparseConfig
+CONFIG_TYPES: dict[str, type[BottleneckConfig] | type[LoraConfig] | type[SparseConfig]] = {
+    "bottleneck": BottleneckConfig, "lora": LoraConfig, "sparse": SparseConfig}
 
 
 def config_kind(config: ModuleConfig) -> ModuleKind:
+    if isinstance(config, SparseConfig):
+        return "sparse"
     return "bottleneck" if isinstance(config, BottleneckConfig) else "lora"

@@ -8,8 +8,8 @@ from typing import Literal
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from adapters_store.module_config import ModuleKind
-from adapters_store.strategy_params import LoraTarget, StrategyName
+from adapters_store.module_config import DenseKind, SparseTarget
+from adapters_store.strategy_params import LoraTarget, MaskCriterion, StrategyName
 
 
 class Settings(BaseSettings):
@@ -57,7 +57,7 @@ class Settings(BaseSettings):
 
     # Trainer
     strategy: StrategyName = "safm"
-    module_kind: ModuleKind = "bottleneck"
+    module_kind: DenseKind = "bottleneck"
     bottleneck_size: int = Field(48, ge=1, le=4096)
     lora_rank: int = Field(8, ge=1, le=1024)
     lora_alpha: float = Field(16.0, gt=0)
@@ -84,6 +84,15 @@ class Settings(BaseSettings):
     safm_layer_loss_weight: float = Field(0.4, ge=0)
     safm_replay_ratio: float = Field(0.2, ge=0)
     safm_forced_layers: list[int] | None = None
+    # Sparse adapters (seed 002; mttl's sparse_finetuning config: 5% of q,k,v, SNIP masks
+    # re-selected every 100 steps in the first epoch). The learning rate was chosen on
+    # validation splits (docs/benchmarks/sparse.md).
+    sparse_keep_ratio: float = Field(0.05, gt=0, le=1)
+    sparse_mask_update_interval: int = Field(100, ge=1)
+    sparse_targets: list[SparseTarget] = Field(
+        default_factory=lambda: ["query", "key", "value"], min_length=1)
+    sparse_mask_criterion: MaskCriterion = "snip"
+    sparse_learning_rate: float = Field(1e-3, gt=0, le=1.0)
     # The trainer runs at a lower CPU priority (nice) so that serving keeps its share on a
     # small box; 0 leaves it at the inference worker's priority.
     trainer_nice: int = Field(10, ge=0, le=19)

@@ -9,9 +9,12 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, model_serializer
 
 from adapters_store.module_config import (
     BottleneckConfig,
+    DenseKind,
     LoraConfig,
     ModuleConfig,
     ModuleKind,
+    SparseConfig,
+    SparseTarget,
 )
 
 if TYPE_CHECKING:
@@ -19,12 +22,18 @@ if TYPE_CHECKING:
 
 # The one list of strategy names: Settings, the API, the CLI and the trainer all read it.
 # In reporting order: the baselines, then the searches, then the upper bound.
-StrategyName = Literal["seqft", "per_task", "acm", "safm", "multitask"]
+StrategyName = Literal["seqft", "per_task", "sparse", "sparse_merged", "acm", "safm",
+                       "multitask"]
 STRATEGY_NAMES: tuple[str, ...] = get_args(StrategyName)
 PlainStrategy = Literal["per_task", "seqft", "multitask"]
 SearchStrategy = Literal["safm", "acm"]
+SparseStrategy = Literal["sparse", "sparse_merged"]
 PLAIN_STRATEGIES: tuple[str, ...] = get_args(PlainStrategy)
+SPARSE_STRATEGIES: tuple[str, ...] = get_args(SparseStrategy)
 LoraTarget = Literal["query", "key", "value"]
+# How a sparse mask is chosen: |∂L/∂M| with M over W0+ΔW (SNIP on the effective weights), the
+# same signed (mttl's code), or |W0+ΔW| (magnitude).
+MaskCriterion = Literal["snip", "snip_signed", "magnitude"]
 
 
 class StrategyOverrides(BaseModel):
@@ -36,7 +45,7 @@ class StrategyOverrides(BaseModel):
     batch_size: int | None = Field(None, ge=1, le=1024)
     learning_rate: float | None = Field(None, gt=0, le=1.0)
     head_learning_rate: float | None = Field(None, gt=0, le=1.0)
-    module_kind: ModuleKind | None = None
+    module_kind: DenseKind | None = None
     bottleneck_size: int | None = Field(None, ge=1, le=4096)
     lora_rank: int | None = Field(None, ge=1, le=1024)
     warmup_epochs: int | None = Field(None, ge=0, le=50, description="decision: modules only")
@@ -48,6 +57,11 @@ class StrategyOverrides(BaseModel):
     layer_loss_weight: float | None = Field(None, ge=0, le=10)
     replay_ratio: float | None = Field(None, ge=0, le=10)
     forced_layers: list[int] | None = Field(None, max_length=256)
+    keep_ratio: float | None = Field(None, gt=0, le=1, description="sparse: kept fraction")
+    mask_update_interval: int | None = Field(None, ge=1, le=1_000_000,
+                                             description="sparse: steps between mask updates")
+    sparse_targets: list[SparseTarget] | None = Field(None, min_length=1, max_length=6)
+    mask_criterion: MaskCriterion | None = None
 
     @model_validator(mode="after")
     def _layers_non_negative(self) -> StrategyOverrides:
@@ -81,20 +95,28 @@ class _Params(BaseModel):
     lora_alpha: float = Field(gt=0)
     lora_targets: list[LoraTarget] = Field(min_length=1)
 
-    def module_config(self, hidden: int) -> ModuleConfig:
+    def module_config(self, hidden: int, intermediate: int) -> ModuleConfig:
         if self.module_kind == "bottleneck":
             return BottleneckConfig(hidden=hidden, size=self.bottleneck_size)
         return LoraConfig(hidden=hidden, rank=self.lora_rank, alpha=self.lora_alpha,
                           targets=sorted(self.lora_targets))
 
 
-class PlainParams(_Params):
+class _DenseParams(_Params):
+    @model_validator(mode="after")
+    def _dense_kind(self) -> _DenseParams:
+        if self.module_kind == "sparse":
+            raise ValueError("sparse modules are trained by strategy sparse or sparse_merged")
+        return self
+
+
+class PlainParams(_DenseParams):
     """per_task, seqft, multitask: one plain route trained, no search."""
 
     strategy: PlainStrategy
 
 
-class SearchParams(_Params):
+class SearchParams(_DenseParams):
     """safm and its acm ablation: decision stage (warm-up, search) then replay-tuned route."""
 
     strategy: SearchStrategy
@@ -119,26 +141,55 @@ class SearchParams(_Params):
         return self
 
 
-TrainParams = Annotated[PlainParams | SearchParams, Field(discriminator="strategy")]
-_TRAIN_PARAMS: TypeAdapter[PlainParams | SearchParams] = TypeAdapter(TrainParams)
+class SparseParams(_Params):
+    """sparse (one new sparse module per layer per task) and sparse_merged (the same, then every
+    sparse_merged task so far merged into one set with uniform_sparse), seed 002."""
+
+    strategy: SparseStrategy
+    keep_ratio: float = Field(gt=0, le=1)
+    mask_update_interval: int = Field(ge=1, le=1_000_000)
+    sparse_targets: list[SparseTarget] = Field(min_length=1, max_length=6)
+    mask_criterion: MaskCriterion
+
+    @model_validator(mode="after")
+    def _sparse_kind(self) -> SparseParams:
+        if self.module_kind != "sparse":
+            raise ValueError(f"strategy {self.strategy} trains sparse modules only")
+        if len(set(self.sparse_targets)) != len(self.sparse_targets):
+            raise ValueError("sparse_targets lists a target twice")
+        return self
+
+    def module_config(self, hidden: int, intermediate: int) -> ModuleConfig:
+        return SparseConfig(hidden=hidden, intermediate=intermediate, keep_ratio=self.keep_ratio,
+                            targets=sorted(self.sparse_targets))
+
+
+AnyParams = PlainParams | SearchParams | SparseParams
+TrainParams = Annotated[AnyParams, Field(discriminator="strategy")]
+_TRAIN_PARAMS: TypeAdapter[AnyParams] = TypeAdapter(TrainParams)
 _SEARCH_ONLY = set(SearchParams.model_fields) - set(PlainParams.model_fields)
+_SPARSE_ONLY = set(SparseParams.model_fields) - set(PlainParams.model_fields)
+# What each strategy family does not take (module_kind: sparse strategies train sparse only).
+_NOT_FOR = {**{s: _SEARCH_ONLY | _SPARSE_ONLY for s in PLAIN_STRATEGIES},
+            **{s: _SPARSE_ONLY for s in get_args(SearchStrategy)},
+            **{s: _SEARCH_ONLY | {"module_kind", "bottleneck_size", "lora_rank"}
+               for s in SPARSE_STRATEGIES}}
 
 
-def parse_params(data: object) -> PlainParams | SearchParams:
+def parse_params(data: object) -> AnyParams:
     return _TRAIN_PARAMS.validate_python(data)
 
 
 def resolve(strategy: str, overrides: StrategyOverrides, settings: Settings,
-            num_layers: int) -> PlainParams | SearchParams:
+            num_layers: int) -> AnyParams:
     """Server defaults for ``strategy`` with the upload's overrides applied and checked; raises
     ValueError (pydantic's ValidationError is one) naming what is wrong."""
     if strategy not in STRATEGY_NAMES:
         raise ValueError(f"unknown strategy {strategy!r}; one of {list(STRATEGY_NAMES)}")
     given = overrides.model_dump()
-    if strategy in PLAIN_STRATEGIES:
-        unknown = sorted(_SEARCH_ONLY & set(given))
-        if unknown:
-            raise ValueError(f"{unknown} do not apply to strategy {strategy!r}")
+    unknown = sorted(_NOT_FOR[strategy] & set(given))
+    if unknown:
+        raise ValueError(f"{unknown} do not apply to strategy {strategy!r}")
     base: dict[str, Any] = {
         "strategy": strategy, "module_kind": settings.module_kind,
         "batch_size": settings.batch_size, "head_learning_rate": settings.head_learning_rate,
@@ -148,6 +199,14 @@ def resolve(strategy: str, overrides: StrategyOverrides, settings: Settings,
     }
     if strategy in PLAIN_STRATEGIES:
         base |= {"epochs": settings.epochs, "learning_rate": settings.learning_rate}
+    elif strategy in SPARSE_STRATEGIES:
+        # weight_decay 0 as in mttl's sparse config: decay would pull ΔW's kept entries to W0.
+        base |= {"module_kind": "sparse", "epochs": settings.epochs, "weight_decay": 0.0,
+                 "learning_rate": settings.sparse_learning_rate,
+                 "keep_ratio": settings.sparse_keep_ratio,
+                 "mask_update_interval": settings.sparse_mask_update_interval,
+                 "sparse_targets": list(settings.sparse_targets),
+                 "mask_criterion": settings.sparse_mask_criterion}
     else:
         forced = settings.safm_forced_layers
         base |= {

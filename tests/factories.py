@@ -7,7 +7,12 @@ import random
 import torch
 
 from adapters_store.datasets import Row
-from adapters_store.module_config import BottleneckConfig, LoraConfig, ModuleConfig
+from adapters_store.module_config import (
+    BottleneckConfig,
+    LoraConfig,
+    ModuleConfig,
+    SparseConfig,
+)
 from worker.base_model import TINY, load_base
 from worker.modules import AdapterModule
 from worker.routed_model import RoutedEncoder
@@ -20,14 +25,30 @@ def tiny_model(max_length: int = 64) -> RoutedEncoder:
 
 
 def random_module(kind: str, layer: int, hidden: int = 32, seed: int = 0) -> AdapterModule:
-    """A module with every tensor random (fresh ones are near-identity, too weak to test with)."""
-    config: ModuleConfig = BottleneckConfig(hidden=hidden, size=8) if kind == "bottleneck" \
-        else LoraConfig(hidden=hidden, rank=4, alpha=8.0, targets=["query", "value"])
+    """A module with every tensor random (fresh ones are near-identity, too weak to test with).
+
+    A sparse one gets a random mask per target and is returned in its served (stored) form."""
+    config: ModuleConfig
+    if kind == "bottleneck":
+        config = BottleneckConfig(hidden=hidden, size=8)
+    elif kind == "lora":
+        config = LoraConfig(hidden=hidden, rank=4, alpha=8.0, targets=["query", "value"])
+    else:
+        config = SparseConfig(hidden=hidden, intermediate=2 * hidden, keep_ratio=0.1,
+                              targets=["query", "key", "value", "attn_out", "ffn_in", "ffn_out"])
     module = AdapterModule(layer, config)
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for p in module.parameters():
             p.copy_(torch.randn(p.shape, generator=gen) * 0.2)
+        for part in module.parts.values():
+            if kind == "sparse":
+                keep = round(config.keep_ratio * part.delta.numel())  # type: ignore[union-attr]
+                mask = torch.zeros(part.delta.numel(), dtype=torch.bool)
+                mask[torch.randperm(mask.numel(), generator=gen)[:keep]] = True
+                part.mask.copy_(mask.view_as(part.mask))
+    if kind == "sparse":
+        module = AdapterModule.from_bytes(layer, config, module.to_bytes())
     return module.eval().requires_grad_(False)
 
 

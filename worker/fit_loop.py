@@ -48,6 +48,20 @@ def layer_cosine(states: tuple[torch.Tensor, ...], mask: torch.Tensor,
     return torch.stack(terms).mean()
 
 
+def batch_loss(model: RoutedEncoder, batch: Batch) -> torch.Tensor:
+    """Cross-entropy of ``batch`` along its path, plus its layer-wise term when it has one."""
+    device = next(batch.head.parameters()).device
+    inputs = model.base.tokenize(items_of(batch.rows), device)
+    targets = torch.tensor([batch.label_index[r.label] for r in batch.rows], device=device)
+    if batch.layer_loss is None:
+        return nn.functional.cross_entropy(batch.head(model.embed(inputs, batch.routing)),
+                                           targets)
+    weight, layers = batch.layer_loss
+    pooled, states = model.embed_with_layers(inputs, batch.routing)
+    return nn.functional.cross_entropy(batch.head(pooled), targets) + weight * \
+        layer_cosine(states, inputs["attention_mask"], layers)
+
+
 def param_groups(modules: Iterable[nn.Module], heads: Iterable[nn.Module], lr: float,
                  head_lr: float, weight_decay: float) -> list[dict]:
     """AdamW groups: module weights decay, biases do not, heads train at their own rate."""
@@ -105,16 +119,7 @@ class Fit:
         self.losses: list[float] = []
 
     def loss(self, batch: Batch) -> torch.Tensor:
-        device = next(batch.head.parameters()).device
-        inputs = self.model.base.tokenize(items_of(batch.rows), device)
-        targets = torch.tensor([batch.label_index[r.label] for r in batch.rows], device=device)
-        if batch.layer_loss is None:
-            return nn.functional.cross_entropy(batch.head(self.model.embed(inputs, batch.routing)),
-                                               targets)
-        weight, layers = batch.layer_loss
-        pooled, states = self.model.embed_with_layers(inputs, batch.routing)
-        return nn.functional.cross_entropy(batch.head(pooled), targets) + weight * \
-            layer_cosine(states, inputs["attention_mask"], layers)
+        return batch_loss(self.model, batch)
 
     def step(self, batch: Batch, regulariser: Regulariser | None = None) -> float:
         loss = self.loss(batch)

@@ -37,6 +37,11 @@ _BERT_SITES = {
     "query": Site("attention.self.query", PARALLEL),
     "key": Site("attention.self.key", PARALLEL),
     "value": Site("attention.self.value", PARALLEL),
+    # Sparse ΔW targets: the same Linears as attn/ffn, read as projections (a Linear may carry a
+    # parallel delta and a post adapter at once; the delta applies first).
+    "attn_out": Site("attention.output.dense", PARALLEL),
+    "ffn_in": Site("intermediate.dense", PARALLEL),
+    "ffn_out": Site("output.dense", PARALLEL),
 }
 
 FAMILIES: dict[str, Family] = {
@@ -54,6 +59,9 @@ FAMILIES: dict[str, Family] = {
         "query": Site("attention.q_lin", PARALLEL),
         "key": Site("attention.k_lin", PARALLEL),
         "value": Site("attention.v_lin", PARALLEL),
+        "attn_out": Site("attention.out_lin", PARALLEL),
+        "ffn_in": Site("ffn.lin1", PARALLEL),
+        "ffn_out": Site("ffn.lin2", PARALLEL),
     }, ("input_ids", "attention_mask"), {}),
     # Decoder families (GPT-2's fused Conv1D c_attn, Llama's q/k/v/o_proj and gate/up/down_proj)
     # need a causal-LM head and generation; they join this table with that work.

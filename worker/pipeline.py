@@ -28,10 +28,10 @@ from adapters_store.records import (
     ModuleRecord,
     Route,
 )
-from adapters_store.strategy_params import PlainParams, SearchParams
+from adapters_store.strategy_params import AnyParams
 from worker.bank import LoadedVersion
 from worker.evaluation import accuracy, majority_share
-from worker.modules import AdapterModule, head_to_bytes
+from worker.modules import AdapterModule, head_to_bytes, planned_params
 from worker.progress import JobClock, ProgressFn
 from worker.routed_model import RoutedEncoder
 from worker.strategies import STRATEGIES, FitContext, FitResult
@@ -72,7 +72,7 @@ class TrainSpec:
     job_id: str
     dataset_id: str
     rows: list[Row]
-    params: PlainParams | SearchParams
+    params: AnyParams
     seed: int
     val_fraction: float
     # The dataset record's input kind, when there is one: the rows must agree with it.
@@ -136,11 +136,12 @@ def fit_task(model: RoutedEncoder, parent: LoadedVersion | None, spec: TrainSpec
     fit = STRATEGIES[spec.params.strategy](ctx)
     clock.note("evaluating")
     val_acc = accuracy(model, fit.route, fit.head, val, ctx.label_index)
-    one = AdapterModule(0, spec.params.module_config(model.base.info.hidden_size))
+    one = planned_params(spec.params.module_config(model.base.info.hidden_size,
+                                                   model.intermediate_size))
     return TrainedTask(spec=spec, parent=manifest, base=model.base.info, fit=fit, labels=labels,
                        input_kind=kind, train_rows=train, val_rows=val, val_accuracy=val_acc,
-                       majority=majority_share(val), full_route_params=one.num_params
-                       * model.num_layers, started=started, clock=clock)
+                       majority=majority_share(val), full_route_params=one * model.num_layers,
+                       started=started, clock=clock)
 
 
 class _Writer:

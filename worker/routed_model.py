@@ -29,13 +29,15 @@ class RoutedEncoder(nn.Module):
         self.slot = RoutingSlot()
         self.num_layers = base.info.num_layers
         family = base.family
+        by_path: dict[str, list[tuple[str, str]]] = {}
+        for part, site in family.sites.items():
+            by_path.setdefault(site.path, []).append((part, site.mode))
         for layer_idx, layer in enumerate(self.encoder.get_submodule(family.layers)):
-            for part, site in family.sites.items():
-                linear = layer.get_submodule(site.path)
+            for path, parts in by_path.items():
+                linear = layer.get_submodule(path)
                 if isinstance(linear, RoutedLinear):
                     continue
-                _replace(layer, site.path,
-                         RoutedLinear(linear, self.slot, layer_idx, part, site.mode))
+                _replace(layer, path, RoutedLinear(linear, self.slot, layer_idx, parts))
 
     @contextmanager
     def routed(self, routing: RoutingLike | None):
@@ -44,6 +46,17 @@ class RoutedEncoder(nn.Module):
             yield
         finally:
             self.slot.current = previous
+
+    def site_linear(self, layer: int, part: str) -> nn.Linear:
+        """The frozen base Linear that ``part`` of ``layer`` wraps."""
+        site = self.base.family.sites[part]
+        layers = self.encoder.get_submodule(self.base.family.layers)
+        routed = layers[layer].get_submodule(site.path)
+        return routed.base if isinstance(routed, RoutedLinear) else routed
+
+    @property
+    def intermediate_size(self) -> int:
+        return self.site_linear(0, "ffn_in").out_features
 
     def embed(self, batch: dict[str, torch.Tensor], routing: RoutingLike | None) -> torch.Tensor:
         """Mean-pooled last hidden state (sentence-transformers' pooling for MiniLM)."""

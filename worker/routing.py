@@ -254,20 +254,22 @@ class RoutingSlot:
 
 
 class RoutedLinear(nn.Module):
-    """A frozen base Linear whose output is passed through the routed modules' part for its site."""
+    """A frozen base Linear whose output is passed through the routed modules' parts for its
+    sites: parallel deltas (computed from the input) first, then post transforms."""
 
-    def __init__(self, base: nn.Linear, slot: RoutingSlot, layer: int, part: str,
-                 mode: str) -> None:
+    def __init__(self, base: nn.Linear, slot: RoutingSlot, layer: int,
+                 parts: list[tuple[str, str]]) -> None:
         super().__init__()
         self.base = base
         self.slot = slot
         self.layer = layer
-        self.part = part
-        self.mode = mode
+        self.parts = sorted(parts, key=lambda pm: pm[1] != PARALLEL)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.base(x)
         routing = self.slot.current
         if routing is None:
             return y
-        return routing.apply(self.layer, self.part, self.mode, x, y)
+        for part, mode in self.parts:
+            y = routing.apply(self.layer, part, mode, x, y)
+        return y

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from adapterd.cli import main as adapterd_main
-from adapters_store.strategy_params import StrategyOverrides, resolve
+from adapters_store.strategy_params import STRATEGY_NAMES, StrategyOverrides, resolve
 from tests.factories import keyword_rows, make_settings, tiny_model_layers
 from worker.continual.metrics import average, bwt
 from worker.continual.sequences import (
@@ -132,7 +132,7 @@ def test_two_task_sequence_end_to_end(data_dir: Path, tmp_path: Path) -> None:
     base = out / "continual-colors-shapes-cpu"
     payload = json.loads(base.with_suffix(".json").read_text())
     results = payload["results"]
-    assert set(results) == {"seqft", "per_task", "acm", "safm", "multitask"}
+    assert set(results) == set(STRATEGY_NAMES)
     for name, r in results.items():
         m = r["matrix"]
         assert len(m) == 2 and m[0][1] is None and all(v is not None for v in m[1])

@@ -35,9 +35,9 @@ def test_resolve_gives_the_strategy_its_own_params_type() -> None:
     search = resolve("safm", StrategyOverrides(forced_layers=[4, 1, 4]), s, 6)
     assert isinstance(plain, PlainParams) and plain.epochs == 2 and plain.weight_decay == 0.05
     assert isinstance(search, SearchParams) and search.forced_layers == [1, 4]
-    assert search.module_config(32) == BottleneckConfig(hidden=32, size=s.bottleneck_size)
+    assert search.module_config(32, 64) == BottleneckConfig(hidden=32, size=s.bottleneck_size)
     lora = resolve("per_task", StrategyOverrides(module_kind="lora", lora_rank=4), s, 6)
-    assert lora.module_config(32) == LoraConfig(hidden=32, rank=4, alpha=16.0,
+    assert lora.module_config(32, 64) == LoraConfig(hidden=32, rank=4, alpha=16.0,
                                                 targets=["query", "value"])
     with pytest.raises(ValueError, match="unknown strategy"):
         resolve("bogus", StrategyOverrides(), s, 6)

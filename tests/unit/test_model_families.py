@@ -21,14 +21,18 @@ def test_family_sites_are_wrapped_and_mixed_batches_match(family: str) -> None:
     model = RoutedEncoder(load_base(f"tiny-{family}:2", CPU, 32)).eval()
     assert model.base.info.family == family and model.num_layers == 2
     wrapped = [m for m in model.modules() if isinstance(m, RoutedLinear)]
-    assert len(wrapped) == 2 * len(FAMILIES[family].sites)
-    items = [InputItem(text=t) for t in ("one two three", "four five", "six seven", "eight")]
+    sites = FAMILIES[family].sites
+    assert len(wrapped) == 2 * len({site.path for site in sites.values()})
+    assert sorted(p for m in wrapped[:len(wrapped) // 2] for p, _ in m.parts) == sorted(sites)
+    items = [InputItem(text=t)
+             for t in ("one two three", "four five", "six seven", "eight", "nine ten")]
     batch = model.base.tokenize(items, CPU)
     assert set(batch) <= set(FAMILIES[family].inputs)
     routes = [[random_module("bottleneck", 0, seed=1), None],
               [random_module("lora", 0, seed=2), random_module("lora", 1, seed=3)],
               [None, None],
-              [random_module("bottleneck", 0, seed=1), None]]
+              [random_module("bottleneck", 0, seed=1), None],
+              [random_module("sparse", 0, seed=4), random_module("sparse", 1, seed=5)]]
     with torch.no_grad():
         mixed = model.embed(batch, Routing.from_rows(routes, 2, CPU))
         bare = model.embed(batch, None)
@@ -38,6 +42,7 @@ def test_family_sites_are_wrapped_and_mixed_batches_match(family: str) -> None:
     assert not torch.allclose(mixed[0], bare[0], atol=1e-4)  # the modules are applied
     assert not torch.allclose(mixed[1], bare[1], atol=1e-4)
     torch.testing.assert_close(mixed[2], bare[2], atol=1e-6, rtol=0)
+    assert not torch.allclose(mixed[4], bare[4], atol=1e-4)
 
 
 def test_tiny_bases_are_deterministic_and_distinct() -> None:

@@ -50,6 +50,9 @@ def _tasks() -> dict[str, TaskRuntime]:
                                     random_module("lora", 1, seed=4)],
                           _head(2, 12), ["same", "diff"], "pair"),
         "delta": _runtime("delta", [None, None], _head(2, 13), ["p", "q"], "single"),
+        "eps": _runtime("eps", [random_module("sparse", 0, seed=5),
+                                random_module("sparse", 1, seed=6)],
+                        _head(2, 14), ["u", "v"], "single"),
     }
 
 
@@ -67,6 +70,7 @@ def test_mixed_batch_equals_each_task_alone() -> None:
         _req("beta", [InputItem(text="stocks rose sharply")]),
         _req("delta", [InputItem(text="plain base model row")]),
         _req("alpha", [InputItem(text="great")]),
+        _req("eps", [InputItem(text="sparse rows"), InputItem(text="and another one")]),
     ]
     mixed = run_batch(model, loaded, requests)
     for req, got in zip(requests, mixed, strict=True):
@@ -107,7 +111,7 @@ def test_segment_routing_equals_per_group_routing_in_any_order(seed: int) -> Non
     rng = random.Random(seed)
     model = tiny_model()
     modules = [[random_module(kind, layer, seed=10 * layer + k)
-                for k, kind in enumerate(("bottleneck", "lora", "bottleneck", "lora"))]
+                for k, kind in enumerate(("bottleneck", "lora", "bottleneck", "lora", "sparse"))]
                for layer in range(2)]
     words = "one two three four five six seven eight nine ten eleven twelve".split()
     items = [InputItem(text=" ".join(rng.sample(words, rng.randint(1, 12)))) for _ in range(12)]

@@ -12,9 +12,10 @@ from worker.strategies.multitask import fit_multitask
 from worker.strategies.per_task import fit_per_task
 from worker.strategies.safm import fit_acm, fit_safm
 from worker.strategies.seqft import fit_seqft
+from worker.strategies.sparse import fit_sparse, fit_sparse_merged
 
 STRATEGIES: dict[str, Callable[[FitContext], FitResult]] = {
     "safm": fit_safm, "acm": fit_acm, "per_task": fit_per_task, "seqft": fit_seqft,
-    "multitask": fit_multitask}
+    "multitask": fit_multitask, "sparse": fit_sparse, "sparse_merged": fit_sparse_merged}
 
 __all__ = ["STRATEGIES", "FitContext", "FitResult"]

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import random
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -11,7 +11,7 @@ from torch import nn
 
 from adapters_store.datasets import Row
 from adapters_store.records import LayerDecision, OldTaskEval
-from adapters_store.strategy_params import PlainParams, SearchParams
+from adapters_store.strategy_params import AnyParams, SearchParams
 from worker.bank import LoadedVersion
 from worker.evaluation import accuracy
 from worker.fit_loop import (
@@ -30,6 +30,7 @@ from worker.routing import Routing
 # task id -> (train rows, held-out rows) of an earlier task, split exactly as when it was trained
 TaskRows = Callable[[str], tuple[list[Row], list[Row]]]
 Route = list[AdapterModule | None]
+StepHook = Callable[[int, int, Batch], None]
 
 
 def no_task_rows(task_id: str) -> tuple[list[Row], list[Row]]:
@@ -43,7 +44,7 @@ class FitContext:
     task_id: str
     train_rows: list[Row]
     labels: list[str]
-    params: PlainParams | SearchParams
+    params: AnyParams
     clock: JobClock
     device: torch.device
     seed: int
@@ -63,7 +64,8 @@ class FitContext:
         return self.params
 
     def new_module(self, layer: int) -> AdapterModule:
-        config = self.params.module_config(self.model.base.info.hidden_size)
+        config = self.params.module_config(self.model.base.info.hidden_size,
+                                           self.model.intermediate_size)
         return AdapterModule(layer, config).to(self.device)
 
     def new_head(self, num_labels: int | None = None) -> nn.Linear:
@@ -114,8 +116,11 @@ class FitResult:
     old_tasks: dict[str, OldTaskEval] = field(default_factory=dict)
 
 
-def train_plain(ctx: FitContext, route: Route, head: nn.Linear, stage: str = "training") -> None:
-    """Train every module on ``route`` and ``head`` on the task's rows (per_task, seqft)."""
+def train_plain(ctx: FitContext, route: Route, head: nn.Linear, stage: str = "training",
+                before_step: StepHook | None = None) -> None:
+    """Train every module on ``route`` and ``head`` on the task's rows (per_task, seqft, sparse).
+
+    ``before_step(epoch, step_in_epoch, batch)`` runs before each step (sparse mask updates)."""
     p = ctx.params
     modules = [m for m in route if m is not None]
     total = steps_per_epoch(len(ctx.train_rows), p.batch_size) * p.epochs
@@ -129,8 +134,16 @@ def train_plain(ctx: FitContext, route: Route, head: nn.Linear, stage: str = "tr
     for epoch in range(p.epochs):
         batches = (Batch(rows, routing, head, ctx.label_index)
                    for rows in shuffled_batches(ctx.train_rows, p.batch_size, rng))
+        if before_step is not None:
+            batches = _hooked(batches, epoch, before_step)
         fit.epoch(stage, epoch, p.epochs, batches)
     set_trainable([*modules, head], False)
+
+
+def _hooked(batches: Iterator[Batch], epoch: int, hook: StepHook) -> Iterator[Batch]:
+    for index, batch in enumerate(batches):
+        hook(epoch, index, batch)
+        yield batch
 
 
 def shared_set(ctx: FitContext) -> tuple[list[str], list[str]]:
