@@ -10,6 +10,7 @@ from pathlib import Path
 
 from adapterd.client import Api, ApiError
 from adapterd.commands import CLIENT_COMMANDS, err
+from adapters_store.merges import MERGE_METHODS
 from adapters_store.strategy_params import STRATEGY_NAMES
 
 DEFAULT_URL = "http://127.0.0.1:8000"
@@ -95,6 +96,19 @@ def build_parser() -> argparse.ArgumentParser:
 
     tasks = add("tasks", "list tasks, or show one with its route")
     tasks.add_argument("task_id", nargs="?")
+
+    merge = add("merge", "merge tasks' adapter modules into one set (a versioned bank job)")
+    merge.add_argument("tasks", nargs="+", help="member task ids (two or more)")
+    merge.add_argument("--method", default="uniform_sparse", choices=MERGE_METHODS)
+    merge.add_argument("--name", default=None, help="a new task id served by the merged set")
+    merge.add_argument("--replace", action="store_true",
+                       help="move the members themselves to the merged set (shrinks the bank)")
+    merge.add_argument("--density", type=float, default=0.2, help="ties: fraction kept")
+    merge.add_argument("--tolerance", type=float, default=None,
+                       help="replace: largest held-out accuracy drop allowed per member")
+    merge.add_argument("--wait", action="store_true", help="follow the job until it finishes")
+    merge.add_argument("--poll", type=float, default=1.0, help="seconds between job polls")
+    merge.add_argument("--wait-timeout", type=float, default=None, help="give up after S s")
 
     add("adapters", "show the live bank: modules per layer, users, parameter totals")
     add("versions", "show the bank version history")

@@ -87,9 +87,12 @@ def cmd_upload(api: Api, args: argparse.Namespace) -> int:
         dump(body)
         return 0
     out(f"job {body['job_id']} queued for task {body['task_id']} (dataset {body['dataset_id']})")
-    if not args.wait:
-        return 0
-    job = wait_for_job(api, body["job_id"], args.poll, args.wait_timeout)
+    return follow_job(api, args, body["job_id"]) if args.wait else 0
+
+
+def follow_job(api: Api, args: argparse.Namespace, job_id: str) -> int:
+    """Wait for a job and print its result (versions, accuracy, decisions, old tasks)."""
+    job = wait_for_job(api, job_id, args.poll, args.wait_timeout)
     if args.json:
         dump(job)
     if job["state"] == "failed":
@@ -106,6 +109,21 @@ def cmd_upload(api: Api, args: argparse.Namespace) -> int:
         for task, acc in (result.get("old_tasks") or {}).items():
             out(f"  {task}: held-out accuracy {acc['before']:.3f} -> {acc['after']:.3f}")
     return 0
+
+
+def cmd_merge(api: Api, args: argparse.Namespace) -> int:
+    body: dict[str, Any] = {"tasks": args.tasks, "method": args.method, "replace": args.replace,
+                            "density": args.density}
+    if args.name:
+        body["name"] = args.name
+    if args.tolerance is not None:
+        body["tolerance"] = args.tolerance
+    accepted = api.call("POST", "/v1/merges", json=body)
+    if args.json and not args.wait:
+        dump(accepted)
+        return 0
+    out(f"merge job {accepted['job_id']} queued ({args.method} of {', '.join(args.tasks)})")
+    return follow_job(api, args, accepted["job_id"]) if args.wait else 0
 
 
 def cmd_predict(api: Api, args: argparse.Namespace) -> int:
@@ -192,7 +210,7 @@ def cmd_adapters(api: Api, args: argparse.Namespace) -> int:
     out(f"live {bank['live_version']}  base {bank['base_model']['name']}  "
         f"strategy {bank['strategy']}")
     by_id = {m["id"]: m for m in bank["modules"]}
-    rows = [[layer["layer"], short(mid), by_id[mid]["kind"], by_id[mid]["params"],
+    rows = [[layer["layer"], short(mid), _kind(by_id[mid]), by_id[mid]["params"],
              ", ".join(by_id[mid]["users"])]
             for layer in bank["layers"] for mid in layer["modules"]]
     table(rows, ["LAYER", "MODULE", "KIND", "PARAMS", "USERS"])
@@ -200,6 +218,11 @@ def cmd_adapters(api: Api, args: argparse.Namespace) -> int:
     for key, value in bank["totals"].items():
         out(f"{key}: {value}")
     return 0
+
+
+def _kind(module: dict) -> str:
+    density = module.get("density")
+    return module["kind"] if density is None else f"{module['kind']} {100 * density:.1f}%"
 
 
 def cmd_versions(api: Api, args: argparse.Namespace) -> int:
@@ -226,4 +249,5 @@ def cmd_rollback(api: Api, args: argparse.Namespace) -> int:
 CLIENT_COMMANDS = {
     "upload": cmd_upload, "predict": cmd_predict, "jobs": cmd_jobs, "tasks": cmd_tasks,
     "adapters": cmd_adapters, "versions": cmd_versions, "rollback": cmd_rollback,
+    "merge": cmd_merge,
 }

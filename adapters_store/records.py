@@ -7,6 +7,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
+from adapters_store.merges import MergeInfo, MergeRequest
 from adapters_store.module_config import CONFIG_TYPES, ModuleConfig, ModuleKind
 from adapters_store.strategy_params import (
     StrategyName,
@@ -104,6 +105,7 @@ class Route(Record):
     metrics: dict[str, float] = Field(default_factory=dict)
     strategy_params: OptionalParams = None
     decisions: list[LayerDecision] = Field(default_factory=list)
+    merge: MergeInfo | None = Field(None, description="set when a merge built or moved this route")
 
 
 class BaseModelInfo(Record):
@@ -195,14 +197,21 @@ class JobResult(Record):
     old_tasks: dict[str, OldTaskEval] = Field(
         default_factory=dict, description="held-out accuracy before/after of affected tasks")
     strategy_params: OptionalParams = None
+    merge: MergeInfo | None = None
 
 
 class JobRecord(Record):
+    """A training job (a dataset for a task) or a merge job (``merge``: members into one set);
+    ``task_id`` is the trained task, or the merged task (the first member when the merge only
+    replaces)."""
+
     job_id: str
+    kind: Literal["train", "merge"] = "train"
     task_id: str = Field(pattern=TASK_ID_PATTERN)
-    dataset_id: str
-    strategy: StrategyName
+    dataset_id: str | None = None
+    strategy: StrategyName | None = None
     params: StrategyOverrides = Field(default_factory=StrategyOverrides)
+    merge: MergeRequest | None = None
     state: JobState = "queued"
     attempts: int = 0
     trainer_id: str | None = None
@@ -213,6 +222,15 @@ class JobRecord(Record):
     created_at: float = Field(default_factory=time.time)
     started_at: float | None = None
     finished_at: float | None = None
+
+
+    @model_validator(mode="after")
+    def _kind_fields(self) -> JobRecord:
+        if self.kind == "train" and (self.dataset_id is None or self.strategy is None):
+            raise ValueError("a train job needs a dataset_id and a strategy")
+        if self.kind == "merge" and self.merge is None:
+            raise ValueError("a merge job needs its merge request")
+        return self
 
 
 class TaskRecord(Record):

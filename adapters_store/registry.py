@@ -10,6 +10,7 @@ import redis
 
 from adapters_store.errors import Conflict, NotFound
 from adapters_store.keys import INFERENCE_GROUP, TRAINER_GROUP, Keys
+from adapters_store.merges import MergeRequest
 from adapters_store.records import BankManifest, DatasetRecord, JobRecord, TaskRecord
 from adapters_store.strategy_params import StrategyName, StrategyOverrides
 from adapters_store.streams import Heartbeat, TrainJobMessage
@@ -134,19 +135,32 @@ class Registry:
         """Record a validated dataset and enqueue its training job in one transaction."""
         job = JobRecord(job_id="job_" + uuid.uuid4().hex[:16], task_id=dataset.task_id,
                         dataset_id=dataset.id, strategy=strategy, params=params)
-        task_key = self.keys.task(dataset.task_id)
+        return self._enqueue(job, dataset)
+
+    def submit_merge(self, req: MergeRequest) -> JobRecord:
+        """Enqueue a merge job (validated against the live bank by the caller and again by the
+        trainer, against the bank it merges)."""
+        job = JobRecord(job_id="job_" + uuid.uuid4().hex[:16], kind="merge",
+                        task_id=req.name or req.tasks[0], merge=req)
+        return self._enqueue(job, None)
+
+    def _enqueue(self, job: JobRecord, dataset: DatasetRecord | None) -> JobRecord:
+        """Job, its task's record (and dataset) and the stream entry in one transaction."""
+        task_key = self.keys.task(job.task_id)
         with self.r.pipeline() as pipe:
             while True:
                 try:
                     pipe.watch(task_key)
                     raw = pipe.get(task_key)
-                    task = TaskRecord.from_json(raw) if raw else TaskRecord(task_id=dataset.task_id)
-                    task.dataset_ids.append(dataset.id)
+                    task = TaskRecord.from_json(raw) if raw else TaskRecord(task_id=job.task_id)
+                    if dataset is not None:
+                        task.dataset_ids.append(dataset.id)
                     task.job_ids.append(job.job_id)
                     pipe.multi()
-                    pipe.set(self.keys.dataset(dataset.id), dataset.to_json())
+                    if dataset is not None:
+                        pipe.set(self.keys.dataset(dataset.id), dataset.to_json())
                     pipe.set(task_key, task.to_json())
-                    pipe.sadd(self.keys.tasks, dataset.task_id)
+                    pipe.sadd(self.keys.tasks, job.task_id)
                     pipe.set(self.keys.job(job.job_id), job.to_json())
                     pipe.zadd(self.keys.jobs_index, {job.job_id: job.created_at})
                     pipe.xadd(self.keys.jobs_stream, TrainJobMessage(job_id=job.job_id).fields())

@@ -18,7 +18,7 @@ from service.inference_client import InferenceClient
 from service.limits import BodyLimitMiddleware
 from service.live import LiveView
 from service.metrics import HttpMetricsMiddleware, Metrics
-from service.routes import adapters, health, jobs, tasks
+from service.routes import adapters, health, jobs, merges, tasks
 
 logger = logging.getLogger(__name__)
 
@@ -58,6 +58,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # Added last = outermost: metrics also see the 413s the limit middleware answers itself.
     app.add_middleware(BodyLimitMiddleware, settings=app.state.settings)
     app.add_middleware(HttpMetricsMiddleware)
-    for module in (tasks, jobs, adapters, health):
+    for module in (tasks, jobs, merges, adapters, health):
         app.include_router(module.router)
     return app

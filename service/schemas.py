@@ -7,6 +7,7 @@ from typing import Annotated, Any, Literal
 from fastapi import Path
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
+from adapters_store.merges import MergeInfo
 from adapters_store.records import (
     TASK_ID_PATTERN,
     BaseModelInfo,
@@ -45,6 +46,12 @@ class ErrorResponse(Model):
 class UploadAccepted(Model):
     job_id: str
     dataset_id: str
+    task_id: str
+    status_url: str
+
+
+class MergeAccepted(Model):
+    job_id: str
     task_id: str
     status_url: str
 
@@ -107,6 +114,7 @@ class RouteView(Model):
     dataset_id: str
     job_id: str
     trained_in: str
+    merge: MergeInfo | None = None
 
 
 class TaskDetail(TaskSummary):
@@ -127,6 +135,7 @@ class ModuleView(Model):
     created_by: str
     created_in: str
     config: dict[str, Any]
+    density: float | None = Field(None, description="sparse: stored values / dense entries")
 
 
 class LayerView(Model):
@@ -139,6 +148,8 @@ class TaskRouteView(Model):
     labels: list[str]
     params: int
     head_params: int
+    strategy: str | None = None
+    merge: MergeInfo | None = None
 
 
 class AdaptersView(Model):

@@ -6,6 +6,7 @@ from collections.abc import Callable
 from typing import TypeVar
 
 from adapters_store.errors import NotFound
+from adapters_store.module_config import SparseConfig
 from adapters_store.records import BankManifest, DatasetRecord, JobRecord, TaskRecord
 from adapters_store.registry import Registry
 from service.schemas import (
@@ -97,6 +98,7 @@ def route_view(manifest: BankManifest, task_id: str) -> RouteView:
         head_params=route.head.params, params=manifest.route_params(task_id),
         full_route_params=route.full_route_params, strategy=route.strategy,
         dataset_id=route.dataset_id, job_id=route.job_id, trained_in=route.trained_in,
+        merge=route.merge,
     )
 
 
@@ -128,7 +130,9 @@ def adapters_view(manifest: BankManifest | None) -> AdaptersView:
     modules = [
         ModuleView(id=m.id, kind=m.kind, layer=m.layer, params=m.params, users=users[m.id],
                    created_by=m.created_by, created_in=m.created_in,
-                   config=m.config.model_dump())
+                   config=m.config.model_dump(),
+                   density=m.params / m.config.dense_size() if isinstance(m.config, SparseConfig)
+                   else None)
         for m in ordered
     ]
     layers = [
@@ -138,7 +142,8 @@ def adapters_view(manifest: BankManifest | None) -> AdaptersView:
     routes = {
         task_id: TaskRouteView(layers=route.layers, labels=route.head.labels,
                                params=manifest.route_params(task_id),
-                               head_params=route.head.params)
+                               head_params=route.head.params, strategy=route.strategy,
+                               merge=route.merge)
         for task_id, route in sorted(manifest.routes.items())
     }
     return AdaptersView(live_version=manifest.version, base_model=manifest.base,

@@ -144,7 +144,7 @@ def fit_task(model: RoutedEncoder, parent: LoadedVersion | None, spec: TrainSpec
                        started=started, clock=clock)
 
 
-class _Writer:
+class VersionWriter:
     """Module and head records of the new version, with the tensor files they need."""
 
     def __init__(self, parent: BankManifest | None, version: str) -> None:
@@ -177,7 +177,7 @@ def build_version(trained: TrainedTask, number: int) -> TrainOutput:
     """The next manifest (``v<number>``) with the fitted task, and its new tensor files."""
     spec, parent, fit = trained.spec, trained.parent, trained.fit
     version = f"v{number}"
-    writer = _Writer(parent, version)
+    writer = VersionWriter(parent, version)
     new_ids = {writer.module(m, spec.task_id) for m in fit.new_modules}
     # Replay may have changed shared modules: each changed one gets a new id, and every route
     # that used the old id moves to it; the parent version keeps the old tensors.

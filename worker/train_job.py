@@ -44,7 +44,13 @@ def stored_task_rows(state: TrainerState, parent: BankManifest | None) -> TaskRo
     def rows_of(task_id: str) -> tuple[list[Row], list[Row]]:
         if parent is None or task_id not in parent.routes:
             raise KeyError(task_id)
-        dataset = state.registry.dataset(parent.routes[task_id].dataset_id)
+        route = parent.routes[task_id]
+        if route.merge is not None and not route.dataset_id:
+            # A merged task has no dataset of its own: its rows are its members', split as
+            # each member's were.
+            parts = [rows_of(m) for m in route.merge.members]
+            return [r for p in parts for r in p[0]], [r for p in parts for r in p[1]]
+        dataset = state.registry.dataset(route.dataset_id)
         rows = load_rows(state.blobs.get(dataset.blob))
         return split_rows(rows, state.settings.val_fraction, state.settings.seed)
 
@@ -54,6 +60,8 @@ def stored_task_rows(state: TrainerState, parent: BankManifest | None) -> TaskRo
 def run_train_job(state: TrainerState, job: JobRecord, progress: ProgressFn) -> JobResult:
     """Train and publish; raise on any failure, leaving the live bank untouched."""
     settings = state.settings
+    if job.dataset_id is None or job.strategy is None:
+        raise InvalidInput("not a training job")
     dataset = state.registry.dataset(job.dataset_id)
     rows = load_rows(state.blobs.get(dataset.blob))
     try:

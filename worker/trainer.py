@@ -1,4 +1,5 @@
-"""The trainer process: takes train jobs from the stream under a lease, runs and records them."""
+"""The trainer process: takes train and merge jobs from the stream under a lease, runs and
+records them."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from adapters_store.records import JobProgress, JobRecord
 from adapters_store.settings import Settings
 from adapters_store.streams import Heartbeat, TrainJobMessage
 from worker.bank import LoadedBank
+from worker.merge_job import run_merge_job
 from worker.progress import Progress
 from worker.runtime import GracefulStop, build_model, configure_logging
 from worker.stream_worker import Entry, StopRequested, StreamConfig, StreamWorker
@@ -139,7 +141,8 @@ class Trainer(StreamWorker):
             return job
         self._report(job, Progress("preparing", 0, 0, 0, 0, 0, 0, None, None), force=True)
         try:
-            job.result = run_train_job(self.state, job, lambda p: self._report(job, p))
+            run = run_merge_job if job.kind == "merge" else run_train_job
+            job.result = run(self.state, job, lambda p: self._report(job, p))
             job.state = "succeeded"
             job.progress = job.progress.model_copy(update={
                 "stage": "published", "fraction": 1.0, "eta_s": 0.0, "updated_at": time.time()})
