@@ -16,6 +16,7 @@ from adapters_store.module_config import (
 from worker.base_model import TINY, load_base
 from worker.modules import AdapterModule
 from worker.routed_model import RoutedEncoder
+from worker.serving_bench import synthetic
 
 CPU = torch.device("cpu")
 
@@ -36,20 +37,7 @@ def random_module(kind: str, layer: int, hidden: int = 32, seed: int = 0) -> Ada
     else:
         config = SparseConfig(hidden=hidden, intermediate=2 * hidden, keep_ratio=0.1,
                               targets=["query", "key", "value", "attn_out", "ffn_in", "ffn_out"])
-    module = AdapterModule(layer, config)
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in module.parameters():
-            p.copy_(torch.randn(p.shape, generator=gen) * 0.2)
-        for part in module.parts.values():
-            if kind == "sparse":
-                keep = round(config.keep_ratio * part.delta.numel())  # type: ignore[union-attr]
-                mask = torch.zeros(part.delta.numel(), dtype=torch.bool)
-                mask[torch.randperm(mask.numel(), generator=gen)[:keep]] = True
-                part.mask.copy_(mask.view_as(part.mask))
-    if kind == "sparse":
-        module = AdapterModule.from_bytes(layer, config, module.to_bytes())
-    return module.eval().requires_grad_(False)
+    return synthetic.random_module(layer, config, torch.Generator().manual_seed(seed), std=0.2)
 
 
 def keyword_rows(n_per_label: int = 30, seed: int = 0, pair: bool = False) -> list[Row]:

@@ -9,32 +9,46 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from adapters_store.module_config import BottleneckConfig, LoraConfig, ModuleConfig
+from adapters_store.module_config import BottleneckConfig, LoraConfig, ModuleConfig, SparseConfig
 from adapters_store.streams import InputItem
 from worker.modules import AdapterModule
 
-# bottleneck / lora: a new module at every layer per task (per_task); safm: one bottleneck at
-# the forced middle layer and empty elsewhere (what SAFM's decision picked on olora1).
-SHAPES = ("bottleneck", "lora", "safm")
+# bottleneck / lora / sparse: a new module at every layer per task (per_task; sparse: 5% of q,
+# k, v as strategy=sparse trains); safm: one bottleneck at the forced middle layer and empty
+# elsewhere (what SAFM's decision picked on olora1).
+SHAPES = ("bottleneck", "lora", "sparse", "safm")
 WORDS = ("the a of and to in is was for on with as by at from that this it film market team "
          "said new first year people time world report city game show service price company "
          "music story government season player police court night water school family life "
          "great small large early late good bad high low long short strong weak open free").split()
 
 
-def shape_config(shape: str, hidden: int) -> ModuleConfig:
+def shape_config(shape: str, hidden: int, intermediate: int) -> ModuleConfig:
     if shape == "lora":
         return LoraConfig(hidden=hidden, rank=8, alpha=16.0, targets=["query", "value"])
+    if shape == "sparse":
+        return SparseConfig(hidden=hidden, intermediate=intermediate, keep_ratio=0.05,
+                            targets=["key", "query", "value"])
     return BottleneckConfig(hidden=hidden, size=48)
 
 
-def random_module(layer: int, config: ModuleConfig, gen: torch.Generator) -> AdapterModule:
+def random_module(layer: int, config: ModuleConfig, gen: torch.Generator,
+                  std: float = 0.02) -> AdapterModule:
     """Every tensor random (a fresh LoRA's B is zero and a fresh bottleneck nearly identity:
-    too cheap for the kernels to skip, but too weak to check outputs with)."""
+    too cheap for the kernels to skip, but too weak to check outputs with). A sparse module
+    gets a random mask of its keep ratio and comes back in its served (stored) form."""
     module = AdapterModule(layer, config)
     with torch.no_grad():
         for p in module.parameters():
-            p.copy_(torch.randn(p.shape, generator=gen) * 0.02)
+            p.copy_(torch.randn(p.shape, generator=gen) * std)
+        if isinstance(config, SparseConfig):
+            for part in module.parts.values():
+                keep = torch.randperm(part.mask.numel(), generator=gen)[
+                    :round(config.keep_ratio * part.mask.numel())]
+                mask = torch.zeros(part.mask.numel(), dtype=torch.bool)
+                mask[keep] = True
+                part.mask.copy_(mask.view_as(part.mask))
+            module = AdapterModule.from_bytes(layer, config, module.to_bytes())
     return module.eval().requires_grad_(False)
 
 
@@ -56,9 +70,9 @@ class SyntheticBank:
 
 
 def build_bank(shape: str, tasks: int, hidden: int, layers: int, seed: int = 0,
-               labels: int = 2) -> SyntheticBank:
+               labels: int = 2, intermediate: int | None = None) -> SyntheticBank:
     gen = torch.Generator().manual_seed(seed)
-    config = shape_config(shape, hidden)
+    config = shape_config(shape, hidden, intermediate or 4 * hidden)
     forced = (layers - 1) // 2
     routes: dict[str, list[AdapterModule | None]] = {}
     heads: dict[str, nn.Linear] = {}
