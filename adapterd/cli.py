@@ -22,6 +22,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
         from worker.serving_bench.cli import main as serving_main
 
         return serving_main(args.bench_args)
+    if args.benchmark == "merging":
+        from worker.continual.merge_scaling import main as merging_main
+
+        return merging_main(args.bench_args)
     from worker.continual.cli import main as continual_main
 
     return continual_main(args.bench_args)
@@ -68,7 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="inference workers to start (default 1)")
 
     bench = add("bench", "run a benchmark in process (needs the worker extra)")
-    bench.add_argument("benchmark", choices=("continual", "serving"))
+    bench.add_argument("benchmark", choices=("continual", "serving", "merging"))
     bench.add_argument("bench_args", nargs=argparse.REMAINDER,
                        help="the benchmark's own options (see: adapterd bench serving -h)")
 

@@ -20,6 +20,8 @@ SEQUENCES: dict[str, list[str]] = {
     # O-LoRA / Progressive Prompts long sequence.
     "long15": ["mnli", "cb", "wic", "copa", "qqp", "boolq", "rte", "imdb", "yelp", "amazon",
                "sst2_olora", "dbpedia", "agnews", "multirc", "yahoo"],
+    # Similar tasks (sentiment of reviews), where sharing and merging should help.
+    "sentiment4": ["yelp", "amazon", "imdb", "sst2"],
     # SAFM / ACM similar-task NLG order: needs generation tasks on a causal LM.
     "nlg5": ["e2e_nlg", "rnnlg_restaurant", "rnnlg_hotel", "rnnlg_tv", "rnnlg_laptop"],
 }
