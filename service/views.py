@@ -138,7 +138,8 @@ def adapters_view(manifest: BankManifest | None) -> AdaptersView:
     routes = {
         task_id: TaskRouteView(layers=route.layers, labels=route.head.labels,
                                params=manifest.route_params(task_id),
-                               head_params=route.head.params)
+                               head_params=route.head.params,
+                               full_route_params=route.full_route_params)
         for task_id, route in sorted(manifest.routes.items())
     }
     return AdaptersView(live_version=manifest.version, base_model=manifest.base,

@@ -23,6 +23,7 @@ from service.deps import (
 )
 from service.errors import UpstreamError
 from service.live import LiveView
+from service.request_ids import request_id_of
 from service.schemas import (
     ErrorResponse,
     PredictRequest,
@@ -141,15 +142,17 @@ async def _route_for(task_id: str, version: str | None, live: LiveView,
 @router.post("/{task_id}/predict", response_model=PredictResponse, dependencies=[InferenceAuth],
              responses=ERRORS, summary="Classify inputs with the task's live route")
 async def predict(
-    task_id: TaskIdPath, body: PredictRequest, response: Response, settings: SettingsDep,
-    registry: RegistryDep, live: LiveDep, inference: InferenceDep, metrics: MetricsDep,
+    task_id: TaskIdPath, body: PredictRequest, request: Request, response: Response,
+    settings: SettingsDep, registry: RegistryDep, live: LiveDep, inference: InferenceDep,
+    metrics: MetricsDep,
 ) -> PredictResponse:
     items = _inputs(body, settings.max_inputs_per_request, settings.max_input_chars)
     route = await _route_for(task_id, body.version, live, registry)
     _check_kind(route, items)
     if not await live.inference_worker_alive():
         raise NoWorker("no inference worker is alive", {"task_id": task_id})
-    reply = await inference.predict(task_id, items, version=body.version)
+    reply = await inference.predict(task_id, items, version=body.version,
+                                    http_request_id=request_id_of(request))
     if reply.outputs is None or len(reply.outputs) != len(items):
         raise UpstreamError("the worker answered with the wrong number of predictions",
                             {"inputs": len(items), "worker_id": reply.worker_id})
