@@ -121,7 +121,7 @@ class SearchParams(_Params):
 
 TrainParams = Annotated[PlainParams | SearchParams, Field(discriminator="strategy")]
 _TRAIN_PARAMS: TypeAdapter[PlainParams | SearchParams] = TypeAdapter(TrainParams)
-_SEARCH_ONLY = set(SearchParams.model_fields) - set(PlainParams.model_fields)
+SEARCH_ONLY_PARAMS = set(SearchParams.model_fields) - set(PlainParams.model_fields)
 
 
 def parse_params(data: object) -> PlainParams | SearchParams:
@@ -136,7 +136,7 @@ def resolve(strategy: str, overrides: StrategyOverrides, settings: Settings,
         raise ValueError(f"unknown strategy {strategy!r}; one of {list(STRATEGY_NAMES)}")
     given = overrides.model_dump()
     if strategy in PLAIN_STRATEGIES:
-        unknown = sorted(_SEARCH_ONLY & set(given))
+        unknown = sorted(SEARCH_ONLY_PARAMS & set(given))
         if unknown:
             raise ValueError(f"{unknown} do not apply to strategy {strategy!r}")
     base: dict[str, Any] = {

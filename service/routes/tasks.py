@@ -33,21 +33,17 @@ from service.schemas import (
     TaskList,
     UploadAccepted,
 )
-from service.uploads import RAW_TYPES, accept_dataset, read_upload
+from service.upload_docs import upload_openapi
+from service.uploads import accept_dataset, read_upload
 from service.views import list_tasks, missing_route_error, task_detail
 
 router = APIRouter(prefix="/v1/tasks", tags=["tasks"])
 ERRORS = {code: {"model": ErrorResponse} for code in (401, 403, 404, 413, 422, 429, 503, 504)}
 
-_UPLOAD_BODY = {"requestBody": {"required": True, "content": {
-    "multipart/form-data": {"schema": {"type": "object", "required": ["file"], "properties": {
-        "file": {"type": "string", "format": "binary"}}}},
-    **{ct: {"schema": {"type": "string", "format": "binary"}} for ct in RAW_TYPES},
-}}}
 
 
 @router.post("/{task_id}/datasets", status_code=202, response_model=UploadAccepted,
-             dependencies=[AdminAuth], responses=ERRORS, openapi_extra=_UPLOAD_BODY,
+             dependencies=[AdminAuth], responses=ERRORS, openapi_extra=upload_openapi(),
              summary="Upload a JSONL or CSV dataset and enqueue training")
 async def upload_dataset(
     task_id: TaskIdPath, request: Request, settings: SettingsDep, registry: RegistryDep,
