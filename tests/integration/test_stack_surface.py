@@ -4,6 +4,7 @@ list through the openai client, and a request id followed into the inference wor
 
 from __future__ import annotations
 
+import json
 import re
 import struct
 import uuid
@@ -21,8 +22,16 @@ from adapters_store.keys import Keys
 from adapters_store.registry import Registry
 from adapters_store.settings import Settings
 from tests.factories import keyword_rows
-from tests.integration.chromium import render, screenshot
-from tests.integration.stack import WorkerProcess, running_stack, wait_job
+from tests.integration.chromium import DevToolsPage, render, screenshot
+from tests.integration.stack import (
+    ApiProcess,
+    WorkerProcess,
+    api_ready,
+    running_stack,
+    wait_for,
+    wait_job,
+)
+from tests.integration.test_api import ADMIN
 from tests.integration.test_end_to_end import FAST, jsonl, upload
 
 pytestmark = pytest.mark.slow
@@ -32,6 +41,7 @@ TASKS = [("colors", "per_task", 0), ("hues", "safm", 1), ("tints", "safm", 2)]
 
 @dataclass
 class Surface:
+    settings: Settings
     url: str
     registry: Registry
     procs: dict[str, WorkerProcess]
@@ -59,7 +69,7 @@ def surface(redis_server: RedisServer, tmp_path_factory: pytest.TempPathFactory
             job = wait_job(registry, accepted["job_id"], 300, tuple(procs.values()))
             assert job.state == "succeeded", job.error
             jobs[task] = job.job_id
-        yield Surface(url, registry, procs, jobs)
+        yield Surface(settings, url, registry, procs, jobs)
     client.close()
 
 
@@ -124,3 +134,37 @@ def test_request_id_reaches_the_inference_worker_log(surface: Surface) -> None:
     ok = httpx.post(f"{surface.url}/v1/tasks/colors/predict", timeout=30,
                     json={"inputs": ["a cherry today"]})
     assert ok.status_code == 200 and re.fullmatch(r"[0-9a-f]{32}", ok.headers["X-Request-ID"])
+
+
+def test_page_rollback_needs_the_admin_key_and_predict_box_works(
+        surface: Surface, tmp_path: Path) -> None:
+    # A second API replica on the same store, with keys on: the page must send the typed key.
+    keyed = ApiProcess(surface.settings, tmp_path / "logs", admin_api_keys=[ADMIN])
+    page = None
+    try:
+        wait_for(lambda: api_ready(keyed.url), 60, "keyed API", (keyed,))
+        page = DevToolsPage(f"{keyed.url}/", tmp_path / "profile")
+        page.wait_until("document.getElementById('status').className === 'bad'", "401 shown")
+        page.evaluate(f"""(() => {{ const key = document.getElementById('api-key');
+            key.value = {json.dumps(ADMIN)}; key.dispatchEvent(new Event('change')); }})()""")
+        page.wait_until("document.body.dataset.loaded === 'true'", "page loaded with the key")
+        page.evaluate("document.querySelector('button[data-version=\"v2\"]').click()")
+        wait_for(lambda: surface.registry.live_version() == "v2", 30, "rollback to v2")
+        page.wait_until("document.getElementById('live').textContent.startsWith('live v2')",
+                        "page shows v2")
+        page.evaluate("""(() => {
+            document.getElementById('predict-task').value = 'colors';
+            document.getElementById('predict-text').value = 'a cherry and a tomato';
+            document.getElementById('predict-form').requestSubmit(); })()""")
+        label = page.wait_until(
+            "(document.querySelector('#predict-out b') || {}).textContent", "a prediction")
+        assert label in ("red", "blue")
+        assert "served by v2" in str(page.evaluate(
+            "document.getElementById('predict-out').textContent"))
+        # The only console lines: the 401s of the first load, before the key was typed.
+        assert all("401" in line for line in page.console), page.console
+    finally:
+        if page is not None:
+            page.close()
+        keyed.stop()
+        surface.registry.rollback("v3")
