@@ -133,7 +133,8 @@ def main(argv: list[str] | None = None) -> int:
     except ApiError as exc:
         err(f"error {exc.code}: {exc.message}")
         if exc.details:
-            err("details: " + json.dumps(exc.details, sort_keys=True)[:2000])
+            # Whole and indented: a cut JSON document hides the part that names the problem.
+            err("details: " + json.dumps(exc.details, indent=2, sort_keys=True))
         return 1
     except KeyboardInterrupt:
         return 130

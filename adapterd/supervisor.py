@@ -20,6 +20,7 @@ import redis
 
 from adapterd.redis_server import RedisServer
 from adapters_store.keys import Keys
+from adapters_store.logs import configure_logging
 from adapters_store.redis_client import sync_client
 from adapters_store.registry import Registry
 from adapters_store.settings import Settings
@@ -204,9 +205,9 @@ class Supervisor:
 
 
 def serve_main(args: argparse.Namespace) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    logging.getLogger("httpx").setLevel(logging.WARNING)
     settings = _settings_from(args)
+    configure_logging(settings)
+    logging.getLogger("httpx").setLevel(logging.WARNING)
     if args.workers < 1:
         log.error("--workers must be at least 1")
         return 2

@@ -186,7 +186,10 @@ def parse_dataset(
     if not numbered:
         raise InvalidInput("the upload has no rows", {"lines": []})
     if len(numbered) > max_rows:
-        raise InvalidInput(f"the upload has {len(numbered)} rows; the limit is {max_rows}", None)
+        raise InvalidInput(
+            f"the upload has {len(numbered)} rows; the limit is {max_rows} "
+            "(the server's ADAPTERD_MAX_TRAIN_ROWS setting raises it)",
+            {"rows": len(numbered), "max_rows": max_rows, "setting": "ADAPTERD_MAX_TRAIN_ROWS"})
     with_pair = [n for n, r in numbered if r.text_pair is not None]
     if with_pair and len(with_pair) != len(numbered):
         without = [n for n, r in numbered if r.text_pair is None]
@@ -204,8 +207,10 @@ def parse_dataset(
     scarce = {label: n for label, n in counts.items() if n < min_rows_per_label}
     if scarce:
         raise InvalidInput(
-            f"every label needs at least {min_rows_per_label} rows",
-            {"label_counts": counts, "too_few": scarce},
+            f"every label needs at least {min_rows_per_label} rows; "
+            + ", ".join(f"{label!r} has {n}" for label, n in sorted(scarce.items())[:10]),
+            {"label_counts": counts, "too_few": scarce, "min_rows_per_label": min_rows_per_label,
+             "setting": "ADAPTERD_MIN_ROWS_PER_LABEL"},
         )
     return parsed
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from adapters_store.module_config import DenseKind, SparseTarget
@@ -21,6 +21,11 @@ class Settings(BaseSettings):
     redis_url: str = "redis://127.0.0.1:6379/0"
     key_prefix: str = Field("adapterd", pattern=r"^[A-Za-z0-9_.:-]{1,64}$")
     data_dir: Path = Path("var/data")
+
+    # Logging (every process)
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
+    # json: one object per line (ts, level, logger, pid, message, request_id) for log shippers.
+    log_format: Literal["text", "json"] = "text"
 
     # API
     host: str = "127.0.0.1"
@@ -100,3 +105,8 @@ class Settings(BaseSettings):
     trainer_torch_threads: int = Field(0, ge=0)
     lease_ttl_s: float = Field(30.0, gt=1)
     job_max_attempts: int = Field(3, ge=1)
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _upper_level(cls, value: object) -> object:
+        return value.upper() if isinstance(value, str) else value

@@ -170,10 +170,16 @@ _TRAIN_PARAMS: TypeAdapter[AnyParams] = TypeAdapter(TrainParams)
 _SEARCH_ONLY = set(SearchParams.model_fields) - set(PlainParams.model_fields)
 _SPARSE_ONLY = set(SparseParams.model_fields) - set(PlainParams.model_fields)
 # What each strategy family does not take (module_kind: sparse strategies train sparse only).
-_NOT_FOR = {**{s: _SEARCH_ONLY | _SPARSE_ONLY for s in PLAIN_STRATEGIES},
+NOT_FOR: dict[str, set[str]]
+NOT_FOR = {**{s: _SEARCH_ONLY | _SPARSE_ONLY for s in PLAIN_STRATEGIES},
             **{s: _SPARSE_ONLY for s in get_args(SearchStrategy)},
             **{s: _SEARCH_ONLY | {"module_kind", "bottleneck_size", "lora_rank"}
                for s in SPARSE_STRATEGIES}}
+
+
+def strategies_taking(name: str) -> list[str]:
+    """The strategies an upload hyperparameter applies to, in reporting order."""
+    return [s for s in STRATEGY_NAMES if name not in NOT_FOR[s]]
 
 
 def parse_params(data: object) -> AnyParams:
@@ -187,7 +193,7 @@ def resolve(strategy: str, overrides: StrategyOverrides, settings: Settings,
     if strategy not in STRATEGY_NAMES:
         raise ValueError(f"unknown strategy {strategy!r}; one of {list(STRATEGY_NAMES)}")
     given = overrides.model_dump()
-    unknown = sorted(_NOT_FOR[strategy] & set(given))
+    unknown = sorted(NOT_FOR[strategy] & set(given))
     if unknown:
         raise ValueError(f"{unknown} do not apply to strategy {strategy!r}")
     base: dict[str, Any] = {

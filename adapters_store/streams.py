@@ -41,6 +41,8 @@ class InferenceRequest(Message):
     version: str | None = None
     enqueued_at: float = Field(default_factory=time.time)
     deadline: float
+    # The HTTP request's X-Request-ID (request_id is the reply's key and is always unique).
+    http_request_id: str | None = None
 
 
 class Prediction(BaseModel):

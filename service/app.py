@@ -10,15 +10,19 @@ from fastapi import FastAPI
 
 from adapters_store.blobstore import BlobStore
 from adapters_store.keys import Keys
+from adapters_store.logs import configure_logging
 from adapters_store.redis_client import async_client, sync_client
 from adapters_store.registry import Registry
 from adapters_store.settings import Settings
+from service.docs_pages import install_docs
 from service.errors import install_error_handlers
 from service.inference_client import InferenceClient
 from service.limits import BodyLimitMiddleware
 from service.live import LiveView
 from service.metrics import HttpMetricsMiddleware, Metrics
-from service.routes import adapters, health, jobs, merges, tasks
+from service.request_ids import RequestIdMiddleware
+from service.routes import adapters, health, jobs, merges, models, tasks
+from service.routes.page import install_page
 
 logger = logging.getLogger(__name__)
 
@@ -50,14 +54,24 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
-    """Build the app; ``uvicorn service.app:create_app --factory`` reads settings from the env."""
-    app = FastAPI(title="adapterd", version="0.1.0", lifespan=lifespan,
+    """Build the app; ``uvicorn service.app:create_app --factory`` reads settings from the env
+    (that call is the API process's entry point, so it also sets up logging)."""
+    if settings is None:
+        settings = Settings()
+        configure_logging(settings)
+    # Docs pages are installed below with local assets: FastAPI's defaults load them from a CDN.
+    app = FastAPI(title="adapterd", version="0.1.0", lifespan=lifespan, docs_url=None,
+                  redoc_url=None,
                   description="Serving continually learned, shared adapters over one base model.")
-    app.state.settings = settings if settings is not None else Settings()
+    app.state.settings = settings
     install_error_handlers(app)
-    # Added last = outermost: metrics also see the 413s the limit middleware answers itself.
+    # Added last = outermost: metrics also see the 413s the limit middleware answers itself,
+    # and every response of ours, those 413s included, carries the request id.
     app.add_middleware(BodyLimitMiddleware, settings=app.state.settings)
     app.add_middleware(HttpMetricsMiddleware)
-    for module in (tasks, jobs, merges, adapters, health):
+    app.add_middleware(RequestIdMiddleware)
+    for module in (tasks, jobs, merges, adapters, models, health):
         app.include_router(module.router)
+    install_docs(app)
+    install_page(app)
     return app

@@ -12,6 +12,8 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from adapters_store.errors import AdapterdError
+from service.request_ids import HEADER as REQUEST_ID_HEADER
+from service.request_ids import request_id_of
 
 logger = logging.getLogger(__name__)
 
@@ -116,7 +118,10 @@ async def _store_unavailable(request: Request, exc: Exception) -> JSONResponse:
 async def _unexpected_error(request: Request, exc: Exception) -> JSONResponse:
     # Log the traceback here; the client only learns that it was our fault.
     logger.exception("unhandled error on %s %s", request.method, request.url.path)
-    return error_response(500, "internal", "internal server error")
+    # Sent by Starlette's outermost middleware, past RequestIdMiddleware: add the id here.
+    request_id = request_id_of(request)
+    return error_response(500, "internal", "internal server error",
+                          headers={REQUEST_ID_HEADER: request_id} if request_id else None)
 
 
 def install_error_handlers(app: FastAPI) -> None:

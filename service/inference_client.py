@@ -89,13 +89,14 @@ class InferenceClient:
         with contextlib.suppress(redis.RedisError):
             await self.r.delete(self.reply_stream)
 
-    async def predict(self, task_id: str, inputs: list[InputItem],
-                      version: str | None = None) -> InferenceReply:
+    async def predict(self, task_id: str, inputs: list[InputItem], version: str | None = None,
+                      http_request_id: str | None = None) -> InferenceReply:
         timeout = self.settings.request_timeout_s
         now = time.time()
         request = InferenceRequest(
             request_id=uuid.uuid4().hex, task_id=task_id, inputs=inputs,
             reply_to=self.reply_stream, version=version, enqueued_at=now, deadline=now + timeout,
+            http_request_id=http_request_id,
         )
         future: asyncio.Future[InferenceReply] = asyncio.get_running_loop().create_future()
         # Register before XADD: a fast worker can answer before XADD's own reply reaches us.

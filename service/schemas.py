@@ -148,6 +148,7 @@ class TaskRouteView(Model):
     labels: list[str]
     params: int
     head_params: int
+    full_route_params: int = Field(description="what one adapter of its own would cost the task")
     strategy: str | None = None
     merge: MergeInfo | None = None
 
@@ -178,6 +179,23 @@ class VersionsView(Model):
 
 class RollbackRequest(Model):
     version: Version
+
+
+# ---- OpenAI-compatible model list ---------------------------------------------------------
+class ModelCard(Model):
+    id: str = Field(description="the task id (what predict takes)")
+    object: Literal["model"] = "model"
+    created: int = Field(description="unix time the bank version that trained the route was built")
+    owned_by: str = "adapterd"
+    parent: str = Field(description="the base model every task shares")
+    version: str = Field(description="bank version that trained the task's live route")
+    labels: list[str]
+    input_kind: InputKind
+
+
+class ModelList(Model):
+    object: Literal["list"] = "list"
+    data: list[ModelCard]
 
 
 # ---- health --------------------------------------------------------------------------------

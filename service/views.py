@@ -142,8 +142,9 @@ def adapters_view(manifest: BankManifest | None) -> AdaptersView:
     routes = {
         task_id: TaskRouteView(layers=route.layers, labels=route.head.labels,
                                params=manifest.route_params(task_id),
-                               head_params=route.head.params, strategy=route.strategy,
-                               merge=route.merge)
+                               head_params=route.head.params,
+                               full_route_params=route.full_route_params,
+                               strategy=route.strategy, merge=route.merge)
         for task_id, route in sorted(manifest.routes.items())
     }
     return AdaptersView(live_version=manifest.version, base_model=manifest.base,

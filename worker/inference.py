@@ -11,6 +11,7 @@ import torch
 from pydantic import ValidationError
 
 from adapters_store.keys import INFERENCE_GROUP
+from adapters_store.logs import configure_logging
 from adapters_store.settings import Settings
 from adapters_store.streams import (
     Heartbeat,
@@ -22,7 +23,7 @@ from adapters_store.streams import (
 from worker.bank import LoadedBank, LoadedVersion, TaskRuntime
 from worker.routed_model import RoutedEncoder
 from worker.routing import SegmentRouting, route_order
-from worker.runtime import GracefulStop, build_model, configure_logging
+from worker.runtime import GracefulStop, build_model
 from worker.stream_worker import Entry, StreamConfig, StreamWorker
 
 log = logging.getLogger(__name__)
@@ -137,6 +138,8 @@ class InferenceWorker(StreamWorker):
 
     def _error(self, pipe: redis.client.Pipeline, req: InferenceRequest, version: str | None,
                code: str, message: str) -> None:
+        log.warning("worker %s: request %s (task %s, request_id %s): %s: %s", self.worker_id,
+                    req.request_id, req.task_id, req.http_request_id, code, message)
         self._reply(pipe, req, version=version, error=ReplyError(code=code, message=message))
 
     def serve(self, entries: list[Entry], pipe: redis.client.Pipeline) -> None:
@@ -157,7 +160,10 @@ class InferenceWorker(StreamWorker):
                                 f"bank version {req.version} is not loaded on this worker")
                     continue
             if req.deadline < now:
-                continue  # the API already answered 504; computing it would be wasted work
+                # The API already answered 504; computing it would be wasted work.
+                log.warning("worker %s: request %s (task %s, request_id %s) expired in the queue",
+                            self.worker_id, req.request_id, req.task_id, req.http_request_id)
+                continue
             if loaded is None or req.task_id not in loaded.tasks:
                 self._error(pipe, req, loaded.version if loaded else None, "not_found",
                             f"task {req.task_id!r} is not in the live bank")
@@ -192,10 +198,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m worker.inference")
     parser.add_argument("--max-batches", type=int, default=None)
     args = parser.parse_args(argv)
-    configure_logging()
+    settings = Settings()
+    configure_logging(settings)
     stop = GracefulStop()
     stop.install()
-    InferenceWorker(Settings(), stop).run(max_batches=args.max_batches)
+    InferenceWorker(settings, stop).run(max_batches=args.max_batches)
     return 0
 
 

@@ -1,4 +1,4 @@
-"""Process plumbing shared by the worker entry points: device, threads, logging, graceful stop."""
+"""Process plumbing shared by the worker entry points: device, threads, graceful stop."""
 
 from __future__ import annotations
 
@@ -27,13 +27,6 @@ def pick_device(setting: str) -> torch.device:
     if setting == "cuda" or (setting == "auto" and torch.cuda.is_available()):
         return torch.device("cuda")
     return torch.device("cpu")
-
-
-def configure_logging() -> None:
-    logging.basicConfig(
-        level=os.environ.get("ADAPTERD_LOG_LEVEL", "INFO").upper(),
-        format="%(asctime)s %(levelname)s %(name)s[%(process)d]: %(message)s",
-    )
 
 
 def new_worker_id(kind: str) -> str:

@@ -12,13 +12,14 @@ import redis
 
 from adapters_store.errors import AdapterdError, NotFound
 from adapters_store.keys import TRAINER_GROUP
+from adapters_store.logs import configure_logging
 from adapters_store.records import JobProgress, JobRecord
 from adapters_store.settings import Settings
 from adapters_store.streams import Heartbeat, TrainJobMessage
 from worker.bank import LoadedBank
 from worker.merge_job import run_merge_job
 from worker.progress import Progress
-from worker.runtime import GracefulStop, build_model, configure_logging
+from worker.runtime import GracefulStop, build_model
 from worker.stream_worker import Entry, StopRequested, StreamConfig, StreamWorker
 from worker.train_job import TrainerState, run_train_job
 
@@ -177,8 +178,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-jobs", type=int, default=None)
     parser.add_argument("--idle-exit", type=float, default=None, help="burst mode: exit when idle")
     args = parser.parse_args(argv)
-    configure_logging()
     settings = Settings()
+    configure_logging(settings)
     if settings.trainer_torch_threads:
         settings = settings.model_copy(update={"torch_threads": settings.trainer_torch_threads})
     if settings.trainer_nice and hasattr(os, "nice"):

@@ -23,6 +23,7 @@ from service.deps import (
 )
 from service.errors import UpstreamError
 from service.live import LiveView
+from service.request_ids import request_id_of
 from service.schemas import (
     ErrorResponse,
     PredictRequest,
@@ -32,21 +33,17 @@ from service.schemas import (
     TaskList,
     UploadAccepted,
 )
-from service.uploads import RAW_TYPES, accept_dataset, read_upload
+from service.upload_docs import upload_openapi
+from service.uploads import accept_dataset, read_upload
 from service.views import list_tasks, missing_route_error, task_detail
 
 router = APIRouter(prefix="/v1/tasks", tags=["tasks"])
 ERRORS = {code: {"model": ErrorResponse} for code in (401, 403, 404, 413, 422, 429, 503, 504)}
 
-_UPLOAD_BODY = {"requestBody": {"required": True, "content": {
-    "multipart/form-data": {"schema": {"type": "object", "required": ["file"], "properties": {
-        "file": {"type": "string", "format": "binary"}}}},
-    **{ct: {"schema": {"type": "string", "format": "binary"}} for ct in RAW_TYPES},
-}}}
 
 
 @router.post("/{task_id}/datasets", status_code=202, response_model=UploadAccepted,
-             dependencies=[AdminAuth], responses=ERRORS, openapi_extra=_UPLOAD_BODY,
+             dependencies=[AdminAuth], responses=ERRORS, openapi_extra=upload_openapi(),
              summary="Upload a JSONL or CSV dataset and enqueue training")
 async def upload_dataset(
     task_id: TaskIdPath, request: Request, settings: SettingsDep, registry: RegistryDep,
@@ -141,15 +138,17 @@ async def _route_for(task_id: str, version: str | None, live: LiveView,
 @router.post("/{task_id}/predict", response_model=PredictResponse, dependencies=[InferenceAuth],
              responses=ERRORS, summary="Classify inputs with the task's live route")
 async def predict(
-    task_id: TaskIdPath, body: PredictRequest, response: Response, settings: SettingsDep,
-    registry: RegistryDep, live: LiveDep, inference: InferenceDep, metrics: MetricsDep,
+    task_id: TaskIdPath, body: PredictRequest, request: Request, response: Response,
+    settings: SettingsDep, registry: RegistryDep, live: LiveDep, inference: InferenceDep,
+    metrics: MetricsDep,
 ) -> PredictResponse:
     items = _inputs(body, settings.max_inputs_per_request, settings.max_input_chars)
     route = await _route_for(task_id, body.version, live, registry)
     _check_kind(route, items)
     if not await live.inference_worker_alive():
         raise NoWorker("no inference worker is alive", {"task_id": task_id})
-    reply = await inference.predict(task_id, items, version=body.version)
+    reply = await inference.predict(task_id, items, version=body.version,
+                                    http_request_id=request_id_of(request))
     if reply.outputs is None or len(reply.outputs) != len(items):
         raise UpstreamError("the worker answered with the wrong number of predictions",
                             {"inputs": len(items), "worker_id": reply.worker_id})

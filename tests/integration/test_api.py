@@ -438,7 +438,9 @@ def test_adapters_show_shared_modules_and_totals(api: TestClient, registry: Regi
     assert body["layers"] == [{"layer": 0, "modules": ["m-a"]},
                               {"layer": 1, "modules": ["m-b", "m-c"]}]
     assert body["routes"]["alpha"] == {"layers": ["m-a", "m-b"], "labels": ["pos", "neg"],
-                                       "params": 150, "head_params": 20}
+                                       "params": 150, "head_params": 20,
+                                       "full_route_params": 300, "strategy": "per_task",
+                                       "merge": None}
     assert body["totals"] == {"modules": 3, "tasks": 2, "adapter_params": 220,
                               "head_params": 40, "one_adapter_per_task_params": 600}
     detail = api.get("/v1/tasks/beta").json()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import socket
 import threading
 import time
@@ -62,13 +63,27 @@ def test_api_errors_print_code_and_message(served: str, tmp_path: Path,
     bad = tmp_path / "bad.jsonl"
     bad.write_bytes(b'{"text": "a", "label": "x"}\n{oops\n')
     assert main(["--url", served, "upload", "sentiment", str(bad)]) == 1
-    err = capsys.readouterr().err.splitlines()
-    assert err[0] == "error invalid_input: 1 invalid line(s) in the JSONL upload"
-    assert '"line": 2' in err[1]
+    err = capsys.readouterr().err
+    assert err.splitlines()[0] == "error invalid_input: 1 invalid line(s) in the JSONL upload"
+    details = json.loads(err.split("details: ", 1)[1])
+    assert [line["line"] for line in details["lines"]] == [2]
     assert main(["--url", served, "predict", "ghost", "hello"]) == 1
     assert capsys.readouterr().err.startswith("error not_found: task 'ghost' does not exist")
     assert main(["--url", served, "rollback", "v7"]) == 1
     assert capsys.readouterr().err.startswith("error not_found:")
+
+
+def test_long_error_details_are_printed_whole(served: str, tmp_path: Path,
+                                              capsys: pytest.CaptureFixture[str]) -> None:
+    # Twenty reported lines naming a long unknown field: more than a screenful of JSON.
+    line = json.dumps({"text": "a", "label": "x", "f" * 90: 1}).encode()
+    bad = tmp_path / "wide.jsonl"
+    bad.write_bytes(b"\n".join([line] * 25))
+    assert main(["--url", served, "upload", "sentiment", str(bad)]) == 1
+    err = capsys.readouterr().err
+    details = json.loads(err.split("details: ", 1)[1])  # parses: nothing cut in the middle
+    assert len(details["lines"]) == 20 and details["invalid_lines"] == 25
+    assert len(json.dumps(details)) > 2000
 
 
 def test_adapters_versions_and_rollback(served: str, registry: Registry,
