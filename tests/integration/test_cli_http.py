@@ -119,3 +119,23 @@ def test_chunked_upload_over_the_limit_is_cut_off(served: str, registry: Registr
         assert response.status_code == 413
         assert response.json()["error"]["code"] == "too_large"
     assert registry.task_ids() == []
+
+
+def test_merge_command_queues_a_job_or_prints_why_not(served: str, registry: Registry,
+                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    registry.publish(shared_manifest("v1"), reason="test")
+    assert main(["--url", served, "merge", "alpha", "beta", "--method", "uniform",
+                 "--name", "both"]) == 0
+    line = capsys.readouterr().out
+    assert line.startswith("merge job job_") and "uniform of alpha, beta" in line
+    job = registry.job(line.split()[2])
+    assert job.kind == "merge" and job.state == "queued" and job.task_id == "both"
+    assert job.merge is not None and job.merge.tasks == ["alpha", "beta"]
+    # Refused before anything is queued: bottleneck modules are not additive deltas.
+    jobs = len(registry.jobs(100))
+    assert main(["--url", served, "merge", "alpha", "beta", "--method", "ties",
+                 "--replace"]) == 1
+    assert "error invalid_input: ties merges additive weight deltas" in capsys.readouterr().err
+    assert main(["--url", served, "merge", "alpha", "gamma", "--name", "x"]) == 1
+    assert "error not_found: unknown tasks ['gamma']" in capsys.readouterr().err
+    assert len(registry.jobs(100)) == jobs
