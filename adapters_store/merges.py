@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Literal, get_args
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from adapters_store.errors import Conflict, InvalidInput, NotFound
+from adapters_store.strategy_params import RESERVED_TASK_IDS
 
 if TYPE_CHECKING:
     from adapters_store.records import BankManifest
@@ -46,6 +47,8 @@ class MergeRequest(BaseModel):
             raise ValueError("a merge needs a name (a new merged task), replace=true, or both")
         if self.name is not None and self.name in self.tasks:
             raise ValueError("name must be a new task id, not one of the members")
+        if self.name in RESERVED_TASK_IDS:
+            raise ValueError(f"task id {self.name!r} is reserved")
         return self
 
 

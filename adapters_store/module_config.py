@@ -6,7 +6,7 @@ from typing import Annotated, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field
 
-ModuleKind = Literal["bottleneck", "lora", "sparse"]
+ModuleKind = Literal["bottleneck", "lora", "sparse", "ham"]
 # The kinds the plain and search strategies train; sparse modules have their own strategies.
 DenseKind = Literal["bottleneck", "lora"]
 # Site names a module may target; each model family maps them to its own sublayers.
@@ -39,6 +39,12 @@ class LoraConfig(_Config):
     targets: Annotated[list[Literal["query", "key", "value"]], Field(min_length=1)]
 
 
+class HamConfig(LoraConfig):
+    """A HAM group adapter (seed 001) at one layer: LoRA factors plus a learnable gain α per
+    target, y += α · (alpha/rank) · B·A·x. A task's own adapter before consolidation has the same
+    shape (its gain is the task's importance α_i)."""
+
+
 class SparseConfig(_Config):
     """A masked ΔW on some of the layer's projections (seed 002): only the kept entries are
     stored. ``keep_ratio`` is the fraction trained per matrix; a merged module may hold more."""
@@ -59,12 +65,15 @@ class SparseConfig(_Config):
         return sum(o * i for o, i in map(self.shape, self.targets))
 
 
-ModuleConfig = BottleneckConfig | LoraConfig | SparseConfig
-CONFIG_TYPES: dict[str, type[BottleneckConfig] | type[LoraConfig] | type[SparseConfig]] = {
-    "bottleneck": BottleneckConfig, "lora": LoraConfig, "sparse": SparseConfig}
+ModuleConfig = BottleneckConfig | HamConfig | LoraConfig | SparseConfig
+CONFIG_TYPES: dict[str, type[ModuleConfig]] = {
+    "bottleneck": BottleneckConfig, "lora": LoraConfig, "sparse": SparseConfig,
+    "ham": HamConfig}
 
 
 def config_kind(config: ModuleConfig) -> ModuleKind:
     if isinstance(config, SparseConfig):
         return "sparse"
+    if isinstance(config, HamConfig):
+        return "ham"
     return "bottleneck" if isinstance(config, BottleneckConfig) else "lora"

@@ -10,14 +10,17 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_valida
 from adapters_store.merges import MergeInfo, MergeRequest
 from adapters_store.module_config import CONFIG_TYPES, ModuleConfig, ModuleKind
 from adapters_store.strategy_params import (
+    HAM_ALL_TASK,
+    RESERVED_TASK_IDS,
     StrategyName,
     StrategyOverrides,
     TrainParams,
 )
 
-__all__ = ["ModuleKind", "StrategyName"]
+__all__ = ["HAM_ALL_TASK", "RESERVED_TASK_IDS", "ModuleKind", "StrategyName"]
 
 TASK_ID_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,63}$"
+
 InputKind = Literal["single", "pair"]
 JobState = Literal["queued", "running", "succeeded", "failed"]
 
@@ -82,6 +85,20 @@ class OldTaskEval(Record):
     after: float
 
 
+class HamReport(Record):
+    """What a HAM job decided: the group, why (similarities), the pruning and the rank after."""
+
+    group: int = Field(ge=0, description="the group the task joined (creation order)")
+    new_group: bool
+    similarities: dict[str, float] = Field(description="group index -> cosine to the task")
+    prune_keep_ratio: float
+    pruned_fraction: float = Field(description="of the task adapter's factor entries")
+    rank_before: int = Field(ge=0, description="the group's rank before this task (0: new)")
+    rank_after: int = Field(ge=0)
+    capped: bool = Field(description="the concatenated rank exceeded rank_cap: SVD-truncated")
+    members: list[str] = Field(description="the group's tasks after this job")
+
+
 class HeadRecord(Record):
     """A task's classification head: labels in output order plus the tensor blob."""
 
@@ -106,6 +123,7 @@ class Route(Record):
     strategy_params: OptionalParams = None
     decisions: list[LayerDecision] = Field(default_factory=list)
     merge: MergeInfo | None = Field(None, description="set when a merge built or moved this route")
+    ham_group: int | None = Field(None, ge=0, description="HAM: the task's group")
 
 
 class BaseModelInfo(Record):
@@ -198,6 +216,7 @@ class JobResult(Record):
         default_factory=dict, description="held-out accuracy before/after of affected tasks")
     strategy_params: OptionalParams = None
     merge: MergeInfo | None = None
+    ham: HamReport | None = None
 
 
 class JobRecord(Record):

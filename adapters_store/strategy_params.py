@@ -10,6 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, model_serializer
 from adapters_store.module_config import (
     BottleneckConfig,
     DenseKind,
+    HamConfig,
     LoraConfig,
     ModuleConfig,
     ModuleKind,
@@ -22,7 +23,7 @@ if TYPE_CHECKING:
 
 # The one list of strategy names: Settings, the API, the CLI and the trainer all read it.
 # In reporting order: the baselines, then the searches, then the upper bound.
-StrategyName = Literal["seqft", "per_task", "sparse", "sparse_merged", "acm", "safm",
+StrategyName = Literal["seqft", "per_task", "sparse", "sparse_merged", "ham", "acm", "safm",
                        "multitask"]
 STRATEGY_NAMES: tuple[str, ...] = get_args(StrategyName)
 PlainStrategy = Literal["per_task", "seqft", "multitask"]
@@ -31,9 +32,15 @@ SparseStrategy = Literal["sparse", "sparse_merged"]
 PLAIN_STRATEGIES: tuple[str, ...] = get_args(PlainStrategy)
 SPARSE_STRATEGIES: tuple[str, ...] = get_args(SparseStrategy)
 LoraTarget = Literal["query", "key", "value"]
+# The task-agnostic HAM route (every group at once, one head over every HAM task's labels,
+# named "task/label"): reserved, no upload or merge may claim the id.
+HAM_ALL_TASK = "ham-all"
+RESERVED_TASK_IDS = frozenset({HAM_ALL_TASK})
 # How a sparse mask is chosen: |∂L/∂M| with M over W0+ΔW (SNIP on the effective weights), the
 # same signed (mttl's code), or |W0+ΔW| (magnitude).
 MaskCriterion = Literal["snip", "snip_signed", "magnitude"]
+# HAM's task-to-group cosine: over all layers flattened together, or the mean per layer.
+GroupSimilarity = Literal["flat", "per_layer"]
 
 
 class StrategyOverrides(BaseModel):
@@ -62,6 +69,14 @@ class StrategyOverrides(BaseModel):
                                              description="sparse: steps between mask updates")
     sparse_targets: list[SparseTarget] | None = Field(None, min_length=1, max_length=6)
     mask_criterion: MaskCriterion | None = None
+    max_groups: int | None = Field(None, ge=1, le=64, description="ham: G_max")
+    group_threshold: float | None = Field(None, ge=-1, le=1,
+                                          description="ham: τ, open a new group below it")
+    group_similarity: GroupSimilarity | None = None
+    prune_keep_ratio: float | None = Field(None, gt=0, le=1,
+                                           description="ham: kept fraction of B and A")
+    rank_cap: int | None = Field(None, ge=0, le=4096,
+                                 description="ham: SVD cap on a group's rank (0: none)")
 
     @model_validator(mode="after")
     def _layers_non_negative(self) -> StrategyOverrides:
@@ -164,17 +179,45 @@ class SparseParams(_Params):
                             targets=sorted(self.sparse_targets))
 
 
-AnyParams = PlainParams | SearchParams | SparseParams
+class HamParams(_Params):
+    """HAM (seed 001): a LoRA with an importance gain per task, trained beside the frozen group
+    adapters (their gains train), then grouped by cosine similarity and merged into its group."""
+
+    strategy: Literal["ham"]
+    max_groups: int = Field(ge=1, le=64)
+    group_threshold: float = Field(ge=-1, le=1)
+    group_similarity: GroupSimilarity
+    prune_keep_ratio: float = Field(gt=0, le=1)
+    rank_cap: int = Field(ge=0, le=4096)
+    replay_ratio: float = Field(ge=0, le=10)
+
+    @model_validator(mode="after")
+    def _ham_kind(self) -> HamParams:
+        if self.module_kind != "ham":
+            raise ValueError("strategy ham trains ham modules only")
+        if 0 < self.rank_cap < self.lora_rank:
+            raise ValueError("rank_cap must be 0 (none) or at least lora_rank")
+        return self
+
+    def module_config(self, hidden: int, intermediate: int) -> ModuleConfig:
+        return HamConfig(hidden=hidden, rank=self.lora_rank, alpha=self.lora_alpha,
+                         targets=sorted(self.lora_targets))
+
+
+AnyParams = PlainParams | SearchParams | SparseParams | HamParams
 TrainParams = Annotated[AnyParams, Field(discriminator="strategy")]
 _TRAIN_PARAMS: TypeAdapter[AnyParams] = TypeAdapter(TrainParams)
 _SEARCH_ONLY = set(SearchParams.model_fields) - set(PlainParams.model_fields)
 _SPARSE_ONLY = set(SparseParams.model_fields) - set(PlainParams.model_fields)
+_HAM_ONLY = set(HamParams.model_fields) - set(PlainParams.model_fields) - {"replay_ratio"}
 # What each strategy family does not take (module_kind: sparse strategies train sparse only).
 NOT_FOR: dict[str, set[str]]
-NOT_FOR = {**{s: _SEARCH_ONLY | _SPARSE_ONLY for s in PLAIN_STRATEGIES},
-            **{s: _SPARSE_ONLY for s in get_args(SearchStrategy)},
-            **{s: _SEARCH_ONLY | {"module_kind", "bottleneck_size", "lora_rank"}
-               for s in SPARSE_STRATEGIES}}
+NOT_FOR = {**{s: _SEARCH_ONLY | _SPARSE_ONLY | _HAM_ONLY for s in PLAIN_STRATEGIES},
+            **{s: _SPARSE_ONLY | _HAM_ONLY for s in get_args(SearchStrategy)},
+            **{s: _SEARCH_ONLY | _HAM_ONLY | {"module_kind", "bottleneck_size", "lora_rank"}
+               for s in SPARSE_STRATEGIES},
+            "ham": (_SEARCH_ONLY - {"replay_ratio"}) | _SPARSE_ONLY
+            | {"module_kind", "bottleneck_size"}}
 
 
 def strategies_taking(name: str) -> list[str]:
@@ -205,6 +248,14 @@ def resolve(strategy: str, overrides: StrategyOverrides, settings: Settings,
     }
     if strategy in PLAIN_STRATEGIES:
         base |= {"epochs": settings.epochs, "learning_rate": settings.learning_rate}
+    elif strategy == "ham":
+        base |= {"module_kind": "ham", "epochs": settings.epochs,
+                 "learning_rate": settings.learning_rate,
+                 "max_groups": settings.ham_max_groups,
+                 "group_threshold": settings.ham_group_threshold,
+                 "group_similarity": settings.ham_group_similarity,
+                 "prune_keep_ratio": settings.ham_prune_keep_ratio,
+                 "rank_cap": settings.ham_rank_cap, "replay_ratio": settings.ham_replay_ratio}
     elif strategy in SPARSE_STRATEGIES:
         # weight_decay 0 as in mttl's sparse config: decay would pull ΔW's kept entries to W0.
         base |= {"module_kind": "sparse", "epochs": settings.epochs, "weight_decay": 0.0,

@@ -153,6 +153,23 @@ class TaskRouteView(Model):
     merge: MergeInfo | None = None
 
 
+class HamGroupView(Model):
+    group: int
+    members: list[str]
+    modules: list[str | None] = Field(description="the group's module per layer")
+    rank: int = Field(description="the group's LoRA rank (the largest over layers)")
+    params: int
+
+
+class HamView(Model):
+    groups: list[HamGroupView]
+    max_groups: int
+    rank_cap: int = Field(description="0: uncapped")
+    bound_params: int | None = Field(
+        None, description="the most the HAM groups and the task-agnostic route can hold: "
+        "2 x max_groups x rank_cap ranks at every target of every layer (None when uncapped)")
+
+
 class AdaptersView(Model):
     live_version: str | None
     base_model: BaseModelInfo | None
@@ -161,6 +178,7 @@ class AdaptersView(Model):
     layers: list[LayerView]
     routes: dict[str, TaskRouteView]
     totals: dict[str, int]
+    ham: HamView | None = None
 
 
 class VersionEntry(BaseModel):

@@ -9,8 +9,11 @@ from adapters_store.errors import NotFound
 from adapters_store.module_config import SparseConfig
 from adapters_store.records import BankManifest, DatasetRecord, JobRecord, TaskRecord
 from adapters_store.registry import Registry
+from adapters_store.strategy_params import HamParams
 from service.schemas import (
     AdaptersView,
+    HamGroupView,
+    HamView,
     LayerView,
     ModuleView,
     RouteLayer,
@@ -149,7 +152,35 @@ def adapters_view(manifest: BankManifest | None) -> AdaptersView:
     }
     return AdaptersView(live_version=manifest.version, base_model=manifest.base,
                         strategy=manifest.strategy, modules=modules, layers=layers,
-                        routes=routes, totals=manifest.totals())
+                        routes=routes, totals=manifest.totals(), ham=ham_view(manifest))
+
+
+def ham_view(manifest: BankManifest) -> HamView | None:
+    """HAM's groups (members, rank, params) and the bound on what they can hold."""
+    members: dict[int, list[str]] = {}
+    for task_id, route in sorted(manifest.routes.items()):
+        if route.ham_group is not None:
+            members.setdefault(route.ham_group, []).append(task_id)
+    if not members:
+        return None
+    groups = []
+    for index, tasks in sorted(members.items()):
+        layers = manifest.routes[tasks[0]].layers
+        recs = [manifest.modules[m] for m in layers if m is not None]
+        groups.append(HamGroupView(
+            group=index, members=tasks, modules=layers,
+            rank=max((getattr(r.config, "rank", 0) for r in recs), default=0),
+            params=sum(r.params for r in recs)))
+    latest = max((r for r in manifest.routes.values() if r.ham_group is not None),
+                 key=lambda r: int(r.trained_in.lstrip("v") or 0))
+    params = latest.strategy_params
+    if not isinstance(params, HamParams):
+        return HamView(groups=groups, max_groups=len(groups), rank_cap=0)
+    per_rank = 2 * manifest.base.hidden_size * len(params.lora_targets)
+    bound = 2 * params.max_groups * params.rank_cap * per_rank * manifest.base.num_layers \
+        if params.rank_cap else None
+    return HamView(groups=groups, max_groups=params.max_groups, rank_cap=params.rank_cap,
+                   bound_params=bound)
 
 
 def missing_route_error(registry: Registry, task_id: str) -> NotFound:

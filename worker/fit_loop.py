@@ -64,7 +64,8 @@ def batch_loss(model: RoutedEncoder, batch: Batch) -> torch.Tensor:
 
 def param_groups(modules: Iterable[nn.Module], heads: Iterable[nn.Module], lr: float,
                  head_lr: float, weight_decay: float) -> list[dict]:
-    """AdamW groups: module weights decay, biases do not, heads train at their own rate."""
+    """AdamW groups: module weights decay, biases and gains do not, heads train at their own
+    rate."""
     decay: dict[nn.Parameter, None] = {}
     no_decay: dict[nn.Parameter, None] = {}
     head_params: dict[nn.Parameter, None] = {}
@@ -73,7 +74,8 @@ def param_groups(modules: Iterable[nn.Module], heads: Iterable[nn.Module], lr: f
     for module in modules:
         for name, p in module.named_parameters():
             if p.requires_grad and p not in head_params:
-                (no_decay if name.endswith("bias") else decay)[p] = None
+                # Biases and HAM's gains are scales and offsets, not weights to shrink.
+                (no_decay if name.endswith(("bias", "gain")) else decay)[p] = None
     groups = [{"params": list(decay), "weight_decay": weight_decay, "lr": lr},
               {"params": list(no_decay), "weight_decay": 0.0, "lr": lr},
               {"params": list(head_params), "weight_decay": 0.0, "lr": head_lr}]

@@ -85,8 +85,7 @@ def _dense(module: AdapterModule | None, target: str, shape: tuple[int, int]) ->
         return torch.zeros(shape)
     part = module.parts[target]
     if isinstance(module.config, LoraConfig):
-        return (part.lora_B.detach().float().cpu() @ part.lora_A.detach().float().cpu()) \
-            * part.scale
+        return part.delta().detach().float().cpu()
     flat = torch.zeros(shape[0] * shape[1])
     index, values = part.compact()
     return flat.index_put_((index.long(),), values.float()).view(shape)
@@ -109,7 +108,7 @@ def merge_layer(members: list[AdapterModule | None], method: str, intermediate: 
     hidden = present[0].config.hidden
     if kind == "bottleneck":
         return _merge_bottleneck(present, method)
-    if kind == "lora":
+    if kind in ("lora", "ham"):  # a HAM group is a LoRA with its gain folded in
         configs = {tuple(m.config.targets) for m in present}  # type: ignore[union-attr]
         if len(configs) > 1:
             raise ValueError("members' LoRA modules target different projections")
@@ -157,7 +156,8 @@ def _merge_lora_uniform(members: list[AdapterModule | None], targets: list[str],
         state[f"parts.{target}.lora_A"] = torch.cat([p.lora_A.detach().float().cpu()
                                                      for p in parts])
         state[f"parts.{target}.lora_B"] = torch.cat([p.lora_B.detach().float().cpu()
-                                                     * (p.scale / total) for p in parts], dim=1)
+                                                     * (p.effective_scale() / total)
+                                                     for p in parts], dim=1)
     module = AdapterModule(present[0].layer, config)
     module.load_state_dict(state, strict=True)
     return module

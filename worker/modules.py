@@ -14,6 +14,7 @@ from torch import nn
 
 from adapters_store.module_config import (
     BottleneckConfig,
+    HamConfig,
     LoraConfig,
     ModuleConfig,
     ModuleKind,
@@ -46,17 +47,30 @@ class BottleneckPart(nn.Module):
 
 
 class LoraPart(nn.Module):
-    """LoRA delta B·A·x·(alpha/r) on one projection (peft's initialisation: A random, B zero)."""
+    """LoRA delta B·A·x·(alpha/r) on one projection (peft's initialisation: A random, B zero);
+    with ``gain`` (HAM) also times a learnable scalar α, initialised to 1."""
 
-    def __init__(self, in_features: int, out_features: int, rank: int, alpha: float) -> None:
+    def __init__(self, in_features: int, out_features: int, rank: int, alpha: float,
+                 gain: bool = False) -> None:
         super().__init__()
         self.lora_A = nn.Parameter(torch.empty(rank, in_features))
         self.lora_B = nn.Parameter(torch.zeros(out_features, rank))
         nn.init.kaiming_uniform_(self.lora_A, a=5**0.5)
         self.scale = alpha / rank
+        self.gain = nn.Parameter(torch.ones(())) if gain else None
+
+    def effective_scale(self) -> float:
+        """alpha/r (times α): what the batched serving path multiplies each row's delta by."""
+        return self.scale if self.gain is None else self.scale * float(self.gain.detach())
+
+    def delta(self) -> torch.Tensor:
+        """The dense ΔW = scale (· α) · B·A this part adds to its projection's weight."""
+        out = self.lora_B @ self.lora_A * self.scale
+        return out if self.gain is None else out * self.gain
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return (x @ self.lora_A.t() @ self.lora_B.t()) * self.scale
+        out = (x @ self.lora_A.t() @ self.lora_B.t()) * self.scale
+        return out if self.gain is None else out * self.gain
 
 
 class SparsePart(nn.Module):
@@ -171,9 +185,10 @@ class AdapterModule(nn.Module):
         if isinstance(config, BottleneckConfig):
             for name in ("attn", "ffn"):
                 parts[name] = BottleneckPart(config.hidden, config.size)
-        elif isinstance(config, LoraConfig):
+        elif isinstance(config, LoraConfig):  # HamConfig too: LoRA with a gain
             for name in config.targets:
-                parts[name] = LoraPart(config.hidden, config.hidden, config.rank, config.alpha)
+                parts[name] = LoraPart(config.hidden, config.hidden, config.rank, config.alpha,
+                                       gain=isinstance(config, HamConfig))
         elif isinstance(config, SparseConfig):
             for name in config.targets:
                 out_f, in_f = config.shape(name)

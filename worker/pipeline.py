@@ -178,7 +178,8 @@ def build_version(trained: TrainedTask, number: int) -> TrainOutput:
     spec, parent, fit = trained.spec, trained.parent, trained.fit
     version = f"v{number}"
     writer = VersionWriter(parent, version)
-    new_ids = {writer.module(m, spec.task_id) for m in fit.new_modules}
+    for module in fit.new_modules:
+        writer.module(module, spec.task_id)
     # Replay may have changed shared modules: each changed one gets a new id, and every route
     # that used the old id moves to it; the parent version keeps the old tensors.
     remap = {old: writer.module(m, parent.modules[old].created_by)  # type: ignore[union-attr]
@@ -193,13 +194,21 @@ def build_version(trained: TrainedTask, number: int) -> TrainOutput:
             update["metrics"] = route.metrics | {"val_accuracy": fit.old_tasks[task_id].after}
         routes[task_id] = route.model_copy(update=update)
     metrics = {"val_accuracy": trained.val_accuracy, "majority_baseline": trained.majority}
+    for task_id, extra in fit.extra_routes.items():
+        routes[task_id] = Route(
+            task_id=task_id, layers=[None if m is None else writer.module(m, spec.task_id)
+                                     for m in extra.route],
+            head=writer.head(extra.head, extra.labels), input_kind=extra.input_kind,
+            strategy=spec.params.strategy, dataset_id="", job_id=spec.job_id, trained_in=version,
+            full_route_params=0)
     routes[spec.task_id] = Route(
         task_id=spec.task_id,
         layers=[None if m is None else writer.module(m, spec.task_id) for m in fit.route],
         head=writer.head(fit.head, trained.labels), input_kind=trained.input_kind,
         strategy=spec.params.strategy, dataset_id=spec.dataset_id, job_id=spec.job_id,
         trained_in=version, full_route_params=trained.full_route_params, metrics=metrics,
-        strategy_params=spec.params, decisions=fit.decisions)
+        strategy_params=spec.params, decisions=fit.decisions,
+        ham_group=fit.ham.group if fit.ham else None)
     used = sorted({m for r in routes.values() for m in r.layers if m is not None})
     for module_id in used:
         if module_id not in writer.records:
@@ -211,16 +220,17 @@ def build_version(trained: TrainedTask, number: int) -> TrainOutput:
         base=trained.base, modules={k: writer.records[k] for k in used}, routes=routes,
         strategy=spec.params.strategy, strategy_params=spec.params,
         note=f"{spec.params.strategy} trained task {spec.task_id} ({spec.job_id})")
-    # New modules only: tuned replacements of shared modules do not grow the bank.
-    params_added = sum(manifest.modules[i].params for i in new_ids
-                       if i in manifest.modules and (parent is None or i not in parent.modules))
+    # What the bank grew by: tuned replacements of shared modules of the same size add nothing;
+    # a merged set that replaces a smaller one (sparse_merged, HAM) adds the difference.
+    params_added = max(0, manifest.totals()["adapter_params"]
+                       - (parent.totals()["adapter_params"] if parent else 0))
     result = JobResult(
         version=version, params_added=params_added,
         route_params=manifest.route_params(spec.task_id), val_accuracy=trained.val_accuracy,
         val_rows=len(trained.val_rows), train_rows=len(trained.train_rows),
         majority_baseline=trained.majority, train_seconds=time.monotonic() - trained.started,
         layers=routes[spec.task_id].layers, decisions=fit.decisions, replayed=fit.replayed,
-        old_tasks=fit.old_tasks, strategy_params=spec.params)
+        old_tasks=fit.old_tasks, strategy_params=spec.params, ham=fit.ham)
     return TrainOutput(manifest=manifest, blobs=writer.blobs, result=result,
                        train_rows=trained.train_rows, val_rows=trained.val_rows, fit=fit)
 

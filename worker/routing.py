@@ -150,7 +150,8 @@ class SegmentRouting:
             slots = _slots(group, x.device)
             a = torch.stack([p.lora_A for p in parts]).index_select(0, slots)
             b = torch.stack([p.lora_B for p in parts]).index_select(0, slots)
-            scale = _to(torch.tensor([p.scale for p in parts], dtype=x.dtype), x.device)
+            scale = _to(torch.tensor([p.effective_scale() for p in parts], dtype=x.dtype),
+                        x.device)
             rows = [r for seg in group for r in range(seg.start, seg.end)]
             contiguous = rows == list(range(rows[0], rows[-1] + 1))
             if contiguous:

@@ -8,7 +8,7 @@ import anyio
 from fastapi import APIRouter, Query, Request, Response
 
 from adapters_store.errors import InvalidInput, NoWorker
-from adapters_store.records import Route
+from adapters_store.records import RESERVED_TASK_IDS, Route
 from adapters_store.registry import Registry
 from adapters_store.strategy_params import STRATEGY_NAMES, StrategyName
 from adapters_store.streams import InputItem
@@ -53,6 +53,8 @@ async def upload_dataset(
 ) -> UploadAccepted:
     # The body is read here (not as an UploadFile parameter) so auth runs before any byte is read.
     try:
+        if task_id in RESERVED_TASK_IDS:
+            raise InvalidInput(f"task id {task_id!r} is reserved (HAM's task-agnostic route)")
         params = hyperparameters(request.query_params.multi_items(), skip={"strategy", "filename"})
         upload = await read_upload(request, filename, settings.max_upload_bytes)
         chosen = _strategy(strategy, upload.fields) or settings.strategy

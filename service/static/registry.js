@@ -107,7 +107,7 @@ function renderGrid(bank) {
       const m = byId[id];
       return el("div", { class: m.users.length > 1 ? "module shared" : "module", style: { "--hue": hue(id) }, title: id },
         el("div", { class: "mid" }, shortId(id)),
-        el("div", { class: "meta" }, `${m.kind} · ${fmt(m.params)} params`),
+        el("div", { class: "meta" }, `${m.kind}${m.density == null ? "" : ` ${(100 * m.density).toFixed(1)}%`} · ${fmt(m.params)} params`),
         el("div", {}, m.users.map((u) => el("span", { class: "chip" }, u))));
     }) : el("div", { class: "empty-layer" }, "no module (every route passes through)")));
   $("grid").replaceChildren(...(layers.length ? layers : [el("p", { class: "hint" }, "no bank yet")]));
@@ -133,7 +133,10 @@ function renderJobs(jobs) {
     const p = job.progress || {};
     const r = job.result;
     const steps = p.total_steps ? `${p.step}/${p.total_steps}` : "";
-    return [job.job_id, job.task_id, job.strategy, el("span", { class: `state-${job.state}` }, job.state),
+    const what = job.kind === "merge" && job.merge
+      ? `merge ${job.merge.method}: ${job.merge.tasks.join(" + ")}${job.merge.replace ? " (replace)" : ""}`
+      : job.strategy;
+    return [job.job_id, job.task_id, what, el("span", { class: `state-${job.state}` }, job.state),
       p.stage || "", el("span", {}, el("span", { class: "bar" }, el("span", { style: { width: `${(100 * (p.fraction || 0)).toFixed(0)}%` } })), ` ${steps}`),
       p.eta_s === null || p.eta_s === undefined || job.state !== "running" ? "–" : `${Math.round(p.eta_s)} s`,
       r ? r.version : (job.error ? el("span", { class: "state-failed", title: job.error }, "error") : "–"),

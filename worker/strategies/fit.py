@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from adapters_store.datasets import Row
-from adapters_store.records import LayerDecision, OldTaskEval
+from adapters_store.records import HamReport, InputKind, LayerDecision, OldTaskEval
 from adapters_store.strategy_params import AnyParams, SearchParams
 from worker.bank import LoadedVersion
 from worker.evaluation import accuracy
@@ -114,6 +114,17 @@ class FitResult:
     updated_heads: dict[str, nn.Linear] = field(default_factory=dict)
     replayed: list[str] = field(default_factory=list)
     old_tasks: dict[str, OldTaskEval] = field(default_factory=dict)
+    # Routes the strategy derives for other task ids (HAM's task-agnostic route).
+    extra_routes: dict[str, ExtraRoute] = field(default_factory=dict)
+    ham: HamReport | None = None
+
+
+@dataclass
+class ExtraRoute:
+    route: Route
+    head: nn.Linear
+    labels: list[str]
+    input_kind: InputKind
 
 
 def train_plain(ctx: FitContext, route: Route, head: nn.Linear, stage: str = "training",

@@ -14,7 +14,7 @@ from torch import nn
 from adapters_store.datasets import Row
 from worker.fit_loop import Batch, Fit, param_groups, set_trainable, steps_per_epoch
 from worker.modules import AdapterModule
-from worker.routing import Routing
+from worker.routing import Routing, RoutingLike
 from worker.strategies.fit import FitContext, Route
 
 STAGE = "tuning"
@@ -24,20 +24,27 @@ WARMUP_FRACTION = 0.005
 
 @dataclass
 class Path:
-    """One task's trainable path: its route (working copies) and head."""
+    """One task's trainable path: its route (working copies) and head; ``routing`` overrides
+    the route's one-module-per-layer forward (HAM's new task runs beside every group), and
+    ``extra`` lists the modules that routing adds to the path."""
 
     task_id: str
     route: Route
     head: nn.Linear
     label_index: dict[str, int]
+    routing: RoutingLike | None = None
+    extra: list[AdapterModule] = field(default_factory=list)
 
     def parameters(self) -> list[nn.Parameter]:
         params: dict[nn.Parameter, None] = {}
-        for module in self.route:
+        for module in [*self.route, *self.extra]:
             if module is not None:
                 params.update(dict.fromkeys(module.parameters()))
         params.update(dict.fromkeys(self.head.parameters()))
         return list(params)
+
+    def forward_routing(self) -> RoutingLike:
+        return self.routing if self.routing is not None else Routing.uniform(self.route)
 
 
 @dataclass
@@ -56,6 +63,17 @@ def plan_replay(ctx: FitContext, reused: set[str], replay_ratio: float) -> Repla
         return plan
     replayed = sorted(t for t, r in parent.tasks.items()
                       if t != ctx.task_id and reused & {i for i in r.module_ids if i is not None})
+    return replay_paths(ctx, replayed, replay_ratio)
+
+
+def replay_paths(ctx: FitContext, replayed: list[str], replay_ratio: float,
+                 copies: dict[str, AdapterModule] | None = None) -> ReplayPlan:
+    """Paths over working copies (``copies`` first, then fresh ones) for ``replayed`` tasks, and
+    ceil(ratio·|D_new|) of their stored training rows, split evenly."""
+    plan = ReplayPlan(copies=dict(copies or {}))
+    parent = ctx.parent
+    if parent is None or not replayed:
+        return plan
     for task_id in replayed:
         runtime = parent.tasks[task_id]
         for mid in runtime.module_ids:
@@ -105,14 +123,15 @@ def run_tuning(ctx: FitContext, new_path: Path, plan: ReplayPlan, trainable: lis
     total = (cur_batches + len(replay_batches)) * p.epochs
     ctx.clock.plan(STAGE, total)
     heads = [path.head for path in paths.values()]
-    on_paths = [m for path in paths.values() for m in path.route if m is not None]
+    on_paths = [m for path in paths.values() for m in [*path.route, *path.extra]
+                if m is not None]
     set_trainable([*trainable, *heads], True)
     fit = Fit(ctx.model, ctx.clock,
               param_groups(on_paths, heads, p.learning_rate, p.head_learning_rate,
                            p.weight_decay), total, WARMUP_FRACTION)
     non_empty = [i for i, m in enumerate(new_path.route) if m is not None]
     layer_loss = (layer_loss_weight, non_empty) if layer_loss_weight > 0 else None
-    routings = {t: Routing.uniform(path.route) for t, path in paths.items()}
+    routings = {t: path.forward_routing() for t, path in paths.items()}
     path_params = {t: path.parameters() for t, path in paths.items()}
 
     def batches() -> Iterator[Batch]:
