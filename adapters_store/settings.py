@@ -102,7 +102,7 @@ class Settings(BaseSettings):
     sparse_targets: list[SparseTarget] = Field(
         default_factory=lambda: ["query", "key", "value"], min_length=1)
     sparse_mask_criterion: MaskCriterion = "snip"
-    sparse_learning_rate: float = Field(1e-3, gt=0, le=1.0)
+    sparse_learning_rate: float = Field(3e-3, gt=0, le=1.0)
     # HAM (seed 001; no official code: the unknowns of the reconstruction, methods.md §3.3).
     # None of these was tuned on data yet; each is a reasoned default. G_max 3: the low end of
     # the 3-5 the reconstruction suggests, so the bank stays smallest. τ 0.2: while room
