@@ -150,9 +150,13 @@ def adapters_view(manifest: BankManifest | None) -> AdaptersView:
                                strategy=route.strategy, merge=route.merge)
         for task_id, route in sorted(manifest.routes.items())
     }
+    ham = ham_view(manifest)
+    totals = manifest.totals()
+    if ham is not None and ham.bound_params is not None:
+        totals["ham_bound_params"] = ham.bound_params  # fixed by G_max and the rank cap
     return AdaptersView(live_version=manifest.version, base_model=manifest.base,
                         strategy=manifest.strategy, modules=modules, layers=layers,
-                        routes=routes, totals=manifest.totals(), ham=ham_view(manifest))
+                        routes=routes, totals=totals, ham=ham)
 
 
 def ham_view(manifest: BankManifest) -> HamView | None:

@@ -40,6 +40,7 @@ def test_three_ham_tasks_two_groups_served(stack: dict, registry: Registry) -> N
     ham = bank["ham"]
     assert [g["group"] for g in ham["groups"]] == [0, 1] and ham["max_groups"] == 2
     assert sorted(t for g in ham["groups"] for t in g["members"]) == sorted(labels)
+    assert ham["bound_params"] == bank["totals"]["ham_bound_params"]
     assert ham["bound_params"] >= bank["totals"]["adapter_params"]
     for group in ham["groups"]:
         routes = {tuple(bank["routes"][t]["layers"]) for t in group["members"]}
