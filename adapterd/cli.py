@@ -101,6 +101,11 @@ def build_parser() -> argparse.ArgumentParser:
     tasks = add("tasks", "list tasks, or show one with its route")
     tasks.add_argument("task_id", nargs="?")
 
+    cancel = add("cancel", "cancel a queued or running job (it publishes nothing)")
+    cancel.add_argument("job_id")
+    delete = add("delete", "delete a task: a new version without its route, its jobs cancelled")
+    delete.add_argument("task_id")
+
     merge = add("merge", "merge tasks' adapter modules into one set (a versioned bank job)")
     merge.add_argument("tasks", nargs="+", help="member task ids (two or more)")
     merge.add_argument("--method", default="uniform_sparse", choices=MERGE_METHODS)

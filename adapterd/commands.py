@@ -11,7 +11,7 @@ from typing import Any
 
 from adapterd.client import Api, ApiError
 
-TERMINAL_JOB_STATES = {"succeeded", "failed"}
+TERMINAL_JOB_STATES = {"succeeded", "failed", "cancelled"}
 
 
 def out(line: str = "") -> None:
@@ -108,6 +108,27 @@ def follow_job(api: Api, args: argparse.Namespace, job_id: str) -> int:
                                                  if result.get("replayed") else ""))
         for task, acc in (result.get("old_tasks") or {}).items():
             out(f"  {task}: held-out accuracy {acc['before']:.3f} -> {acc['after']:.3f}")
+    return 0
+
+
+def cmd_cancel(api: Api, args: argparse.Namespace) -> int:
+    job = api.call("POST", f"/v1/jobs/{args.job_id}/cancel")
+    if args.json:
+        dump(job)
+    else:
+        out(f"job {job['job_id']} {'cancelled' if job['state'] == 'cancelled' else 'cancelling'}"
+            f" (task {job['task_id']})")
+    return 0
+
+
+def cmd_delete(api: Api, args: argparse.Namespace) -> int:
+    body = api.call("DELETE", f"/v1/tasks/{args.task_id}")
+    if args.json:
+        dump(body)
+    else:
+        out(f"deleted task {body['task_id']}: live {body['version'] or 'unchanged'}"
+            + (f"; cancelled {', '.join(body['cancelled_jobs'])}" if body["cancelled_jobs"]
+               else ""))
     return 0
 
 
@@ -249,5 +270,5 @@ def cmd_rollback(api: Api, args: argparse.Namespace) -> int:
 CLIENT_COMMANDS = {
     "upload": cmd_upload, "predict": cmd_predict, "jobs": cmd_jobs, "tasks": cmd_tasks,
     "adapters": cmd_adapters, "versions": cmd_versions, "rollback": cmd_rollback,
-    "merge": cmd_merge,
+    "merge": cmd_merge, "cancel": cmd_cancel, "delete": cmd_delete,
 }

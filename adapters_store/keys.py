@@ -51,6 +51,11 @@ class Keys:
     def trainer_lease(self) -> str:
         return self._k("trainer", "lease")
 
+    def job_cancel(self, job_id: str) -> str:
+        """Set by the API to ask for a job's cancellation; read by the trainer. A key of its own:
+        the trainer rewrites the job record with every progress report."""
+        return self._k("job", job_id, "cancel")
+
     def dataset(self, dataset_id: str) -> str:
         return self._k("dataset", dataset_id)
 

@@ -17,12 +17,13 @@ from adapters_store.strategy_params import (
     TrainParams,
 )
 
-__all__ = ["HAM_ALL_TASK", "RESERVED_TASK_IDS", "ModuleKind", "StrategyName"]
+__all__ = ["FINISHED_JOB_STATES", "HAM_ALL_TASK", "RESERVED_TASK_IDS", "ModuleKind", "StrategyName"]
 
 TASK_ID_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,63}$"
 
 InputKind = Literal["single", "pair"]
-JobState = Literal["queued", "running", "succeeded", "failed"]
+JobState = Literal["queued", "running", "succeeded", "failed", "cancelled"]
+FINISHED_JOB_STATES = frozenset({"succeeded", "failed", "cancelled"})
 
 
 def _none_if_empty(value: Any) -> Any:

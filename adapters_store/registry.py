@@ -11,7 +11,13 @@ import redis
 from adapters_store.errors import Conflict, NotFound
 from adapters_store.keys import INFERENCE_GROUP, TRAINER_GROUP, Keys
 from adapters_store.merges import MergeRequest
-from adapters_store.records import BankManifest, DatasetRecord, JobRecord, TaskRecord
+from adapters_store.records import (
+    FINISHED_JOB_STATES,
+    BankManifest,
+    DatasetRecord,
+    JobRecord,
+    TaskRecord,
+)
 from adapters_store.strategy_params import StrategyName, StrategyOverrides
 from adapters_store.streams import Heartbeat, TrainJobMessage
 
@@ -126,6 +132,78 @@ class Registry:
         ids = self.r.zrevrange(self.keys.jobs_index, 0, max(0, limit - 1))
         raws = self.r.mget([self.keys.job(_s(i)) for i in ids]) if ids else []
         return [JobRecord.from_json(r) for r in raws if r is not None]
+
+    def cancel_job(self, job_id: str) -> JobRecord:
+        """Ask for a job's cancellation: a queued one is cancelled now (the trainer skips it), a
+        running one at its trainer's next progress report, before it publishes anything."""
+        key = self.keys.job(job_id)
+        with self.r.pipeline() as pipe:
+            while True:
+                try:
+                    pipe.watch(key)
+                    raw = pipe.get(key)
+                    if raw is None:
+                        raise NotFound(f"job {job_id!r} does not exist")
+                    job = JobRecord.from_json(raw)
+                    if job.state in FINISHED_JOB_STATES:
+                        raise Conflict(f"job {job_id!r} already {job.state}",
+                                       {"state": job.state})
+                    pipe.multi()
+                    pipe.set(self.keys.job_cancel(job_id), "1", ex=7 * 86400)
+                    if job.state == "queued":
+                        job.state, job.finished_at = "cancelled", time.time()
+                        job.progress = job.progress.model_copy(update={"stage": "cancelled"})
+                        pipe.set(key, job.to_json())
+                    pipe.execute()
+                    return job
+                except redis.WatchError:
+                    continue
+
+    def cancel_requested(self, job_id: str) -> bool:
+        return bool(self.r.exists(self.keys.job_cancel(job_id)))
+
+    def delete_task(self, task_id: str) -> dict:
+        """Cancel the task's unfinished jobs, publish a version without its route (modules no
+        other route uses leave it; older versions keep everything, so rollback still works),
+        and forget the task's record. Retries if a publish moves the live pointer meanwhile."""
+        task = None
+        raw = self.r.get(self.keys.task(task_id))
+        if raw is not None:
+            task = TaskRecord.from_json(raw)
+        live = self.live_manifest()
+        if task is None and (live is None or task_id not in live.routes):
+            raise NotFound(f"task {task_id!r} does not exist")
+        cancelled = []
+        for job_id in task.job_ids if task else []:
+            try:
+                cancelled.append(self.cancel_job(job_id).job_id)
+            except (Conflict, NotFound):
+                continue  # finished or gone: nothing to stop
+        version = None
+        for _ in range(10):
+            live = self.live_manifest()
+            if live is None or task_id not in live.routes:
+                break
+            routes = {t: r for t, r in live.routes.items() if t != task_id}
+            used = {m for r in routes.values() for m in r.layers if m is not None}
+            number = self.next_version_number()
+            manifest = live.model_copy(update={
+                "version": f"v{number}", "number": number, "parent": live.version,
+                "routes": routes, "modules": {k: v for k, v in live.modules.items() if k in used},
+                "created_at": time.time(), "note": f"deleted task {task_id}"})
+            try:
+                self.publish(manifest, reason=f"delete {task_id}")
+            except Conflict:
+                continue
+            version = manifest.version
+            break
+        else:
+            raise Conflict("the live version kept moving; try the delete again")
+        with self.r.pipeline() as pipe:
+            pipe.delete(self.keys.task(task_id))
+            pipe.srem(self.keys.tasks, task_id)
+            pipe.execute()
+        return {"task_id": task_id, "version": version, "cancelled_jobs": cancelled}
 
     def save_job(self, job: JobRecord) -> None:
         self.r.set(self.keys.job(job.job_id), job.to_json())

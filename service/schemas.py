@@ -21,7 +21,7 @@ from adapters_store.streams import Prediction
 
 JOB_ID_PATTERN = r"^job_[0-9a-f]{16}$"
 VERSION_PATTERN = r"^v[0-9]+$"
-TaskState = Literal["ready", "queued", "training", "failed", "not_live"]
+TaskState = Literal["ready", "queued", "training", "failed", "cancelled", "not_live"]
 
 TaskIdPath = Annotated[str, Path(pattern=TASK_ID_PATTERN, description="task id")]
 JobIdPath = Annotated[str, Path(pattern=JOB_ID_PATTERN, description="job id")]
@@ -48,6 +48,13 @@ class UploadAccepted(Model):
     dataset_id: str
     task_id: str
     status_url: str
+
+
+class TaskDeleted(Model):
+    task_id: str
+    version: str | None = Field(description="the version published without the task's route "
+                                "(None: it had no live route)")
+    cancelled_jobs: list[str]
 
 
 class MergeAccepted(Model):

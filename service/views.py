@@ -30,6 +30,7 @@ _JOB_TO_TASK_STATE: dict[str, TaskState] = {
     "queued": "queued",
     "running": "training",
     "failed": "failed",
+    "cancelled": "cancelled",
     # Trained, but the live version does not route the task (e.g. after a rollback).
     "succeeded": "not_live",
 }

@@ -13,7 +13,7 @@ import redis
 from adapters_store.errors import AdapterdError, NotFound
 from adapters_store.keys import TRAINER_GROUP
 from adapters_store.logs import configure_logging
-from adapters_store.records import JobProgress, JobRecord
+from adapters_store.records import FINISHED_JOB_STATES, JobProgress, JobRecord
 from adapters_store.settings import Settings
 from adapters_store.streams import Heartbeat, TrainJobMessage
 from worker.bank import LoadedBank
@@ -34,6 +34,10 @@ _RELEASE = "if redis.call('get', KEYS[1]) == ARGV[1] then " \
 
 class JobInterrupted(StopRequested):
     """Raised from a progress report when the trainer is asked to stop."""
+
+
+class JobCancelled(Exception):  # noqa: N818 - a signal, as JobInterrupted
+    """Raised from a progress report when the API asked to cancel the running job."""
 
 
 class Trainer(StreamWorker):
@@ -111,6 +115,13 @@ class Trainer(StreamWorker):
         if not (force or boundary) and now - self._last_report < 0.5:
             return
         self._last_report = now
+        # Checked with every saved report, so a cancel lands within about half a second of a
+        # step and always before "publishing" (a stage change) lets the job publish.
+        try:
+            if self.registry.cancel_requested(job.job_id):
+                raise JobCancelled
+        except (redis.ConnectionError, redis.TimeoutError):
+            pass
         job.progress = JobProgress(stage=p.stage, epoch=p.epoch, epochs=p.epochs, step=p.step,
                                    total_steps=p.total_steps, stage_step=p.stage_step,
                                    stage_steps=p.stage_steps, fraction=p.fraction, loss=p.loss,
@@ -128,8 +139,8 @@ class Trainer(StreamWorker):
         except NotFound:
             log.warning("job %s vanished; dropping its message", job_id)
             return None
-        if job.state in ("succeeded", "failed"):
-            return job  # a redelivered message for a finished job: idempotent no-op
+        if job.state in FINISHED_JOB_STATES:
+            return job  # a redelivered message for a finished or cancelled job: a no-op
         if job.state == "running" and job.trainer_id not in (None, self.worker_id):
             job.reclaimed_from = job.trainer_id  # its trainer died mid-job
         job.attempts += 1
@@ -140,13 +151,18 @@ class Trainer(StreamWorker):
             job.error = f"gave up after {job.attempts - 1} attempts (trainer died each time)"
             self.registry.save_job(job)
             return job
-        self._report(job, Progress("preparing", 0, 0, 0, 0, 0, 0, None, None), force=True)
         try:
+            self._report(job, Progress("preparing", 0, 0, 0, 0, 0, 0, None, None), force=True)
             run = run_merge_job if job.kind == "merge" else run_train_job
             job.result = run(self.state, job, lambda p: self._report(job, p))
             job.state = "succeeded"
             job.progress = job.progress.model_copy(update={
                 "stage": "published", "fraction": 1.0, "eta_s": 0.0, "updated_at": time.time()})
+        except JobCancelled:
+            log.info("job %s task %s cancelled; the bank is unchanged", job.job_id, job.task_id)
+            job.state, job.error = "cancelled", None
+            job.progress = job.progress.model_copy(update={"stage": "cancelled",
+                                                           "updated_at": time.time()})
         except JobInterrupted:
             # Stopping mid-job: the message stays unacknowledged, so the next trainer claims
             # it; the bank is unchanged and this attempt does not count.

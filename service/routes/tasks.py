@@ -28,6 +28,7 @@ from service.schemas import (
     ErrorResponse,
     PredictRequest,
     PredictResponse,
+    TaskDeleted,
     TaskDetail,
     TaskIdPath,
     TaskList,
@@ -174,3 +175,12 @@ def get_tasks(registry: RegistryDep) -> TaskList:
 def get_task(task_id: TaskIdPath, registry: RegistryDep) -> TaskDetail:
     return task_detail(registry, task_id)
 
+
+
+@router.delete("/{task_id}", response_model=TaskDeleted, dependencies=[AdminAuth],
+               responses={404: {"model": ErrorResponse}, 409: {"model": ErrorResponse}})
+def delete_task(task_id: TaskIdPath, registry: RegistryDep) -> TaskDeleted:
+    """Cancel the task's unfinished jobs and publish a version without its route; its stored
+    datasets and older versions stay (rollback brings the task back). A job that was already
+    publishing when the delete came may still publish the task: check the task afterwards."""
+    return TaskDeleted.model_validate(registry.delete_task(task_id))

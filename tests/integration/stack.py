@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from adapters_store.records import JobRecord
+from adapters_store.records import FINISHED_JOB_STATES, JobRecord
 from adapters_store.registry import Registry
 from adapters_store.settings import Settings
 
@@ -85,7 +85,7 @@ def wait_job(registry: Registry, job_id: str, timeout_s: float,
              procs: tuple[WorkerProcess, ...] = ()) -> JobRecord:
     def done() -> JobRecord | None:
         job = registry.job(job_id)
-        return job if job.state in ("succeeded", "failed") else None
+        return job if job.state in FINISHED_JOB_STATES else None
 
     try:
         return wait_for(done, timeout_s, f"job {job_id}", procs)  # type: ignore[return-value]
