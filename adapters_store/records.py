@@ -130,7 +130,7 @@ class Route(Record):
 class BaseModelInfo(Record):
     name: str
     fingerprint: str
-    family: str = Field("bert", description="model_type family (worker/model_families.py)")
+    family: str = Field("bert", description="model_type family (adapters_store/model_families.py)")
     num_layers: int = Field(ge=1)
     hidden_size: int = Field(ge=1)
 

@@ -23,9 +23,9 @@ from transformers import (
 )
 from transformers.utils import logging as hf_logging
 
+from adapters_store.model_families import Family, family_of
 from adapters_store.records import BaseModelInfo
 from adapters_store.streams import InputItem
-from worker.model_families import Family, family_of
 
 log = logging.getLogger(__name__)
 

@@ -9,7 +9,7 @@ from typing import Any, Protocol
 import torch
 from torch import nn
 
-from worker.model_families import PARALLEL
+from adapters_store.model_families import PARALLEL
 from worker.modules import AdapterModule, BottleneckPart, LoraPart
 
 # From this many segments at a site on, batched matmuls over per-row gathered weights beat one

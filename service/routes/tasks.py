@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Literal
 
 import anyio
 from fastapi import APIRouter, Query, Request, Response
 
 from adapters_store.errors import InvalidInput, NoWorker
+from adapters_store.peft_export import peft_zip
 from adapters_store.records import RESERVED_TASK_IDS, Route
 from adapters_store.registry import Registry
 from adapters_store.strategy_params import STRATEGY_NAMES, StrategyName
@@ -184,3 +185,19 @@ def delete_task(task_id: TaskIdPath, registry: RegistryDep) -> TaskDeleted:
     datasets and older versions stay (rollback brings the task back). A job that was already
     publishing when the delete came may still publish the task: check the task afterwards."""
     return TaskDeleted.model_validate(registry.delete_task(task_id))
+
+
+@router.get("/{task_id}/adapter", dependencies=[ReadAuth],
+            responses={200: {"content": {"application/zip": {}}},
+                       404: {"model": ErrorResponse}, 422: {"model": ErrorResponse}})
+def export_adapter(task_id: TaskIdPath, registry: RegistryDep, blobs: BlobsDep,
+                   format: Annotated[Literal["peft"], Query(description="peft: a zip "
+                                     "PeftModel.from_pretrained loads")] = "peft") -> Response:
+    """The task's live LoRA route as a peft adapter (plus its head and labels)."""
+    manifest = registry.live_manifest()
+    if manifest is None or task_id not in manifest.routes:
+        raise missing_route_error(registry, task_id)
+    data = peft_zip(manifest, task_id, blobs)
+    return Response(data, media_type="application/zip", headers={
+        "Content-Disposition": f'attachment; filename="{task_id}-{manifest.version}-peft.zip"',
+        "X-Adapter-Version": manifest.version})

@@ -8,10 +8,10 @@ import json
 import pytest
 import torch
 
+from adapters_store.model_families import FAMILIES, family_of
 from adapters_store.streams import InputItem
 from tests.factories import CPU, random_module
 from worker.base_model import TINY_FAMILIES, load_base
-from worker.model_families import FAMILIES, family_of
 from worker.routed_model import RoutedEncoder
 from worker.routing import RoutedLinear, Routing
 

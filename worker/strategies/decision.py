@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from adapters_store.model_families import PARALLEL
 from adapters_store.records import LayerDecision
 from worker.fit_loop import (
     Batch,
@@ -17,7 +18,6 @@ from worker.fit_loop import (
     shuffled_batches,
     steps_per_epoch,
 )
-from worker.model_families import PARALLEL
 from worker.modules import AdapterModule
 from worker.strategies.fit import FitContext
 
