@@ -112,7 +112,7 @@ def follow_job(api: Api, args: argparse.Namespace, job_id: str) -> int:
 
 
 def cmd_cancel(api: Api, args: argparse.Namespace) -> int:
-    job = api.call("POST", f"/v1/jobs/{args.job_id}/cancel")
+    job = api.call("DELETE", f"/v1/jobs/{args.job_id}")
     if args.json:
         dump(job)
     else:

@@ -25,7 +25,7 @@ def get_jobs(registry: RegistryDep,
     return JobList(jobs=registry.jobs(limit))
 
 
-@router.post("/{job_id}/cancel", status_code=202, response_model=JobRecord,
+@router.delete("/{job_id}", status_code=202, response_model=JobRecord,
              dependencies=[AdminAuth],
              responses={404: {"model": ErrorResponse}, 409: {"model": ErrorResponse}})
 def cancel_job(job_id: JobIdPath, registry: RegistryDep) -> JobRecord:

@@ -36,7 +36,7 @@ def test_cancel_running_and_queued_jobs_then_delete_a_task(
     queued = upload(url, "more", jsonl(keyword_rows(30, seed=4)), query="strategy=per_task")
     wait_for(lambda: registry.job(long["job_id"]).progress.step > 0, 120,
              "the long job training", procs)
-    r = httpx.post(f"{url}/v1/jobs/{queued['job_id']}/cancel", timeout=10)
+    r = httpx.delete(f"{url}/v1/jobs/{queued['job_id']}", timeout=10)
     assert r.status_code == 202 and r.json()["state"] == "cancelled"
     assert cli(["--url", url, "cancel", long["job_id"]]) == 0
     assert "cancelling" in capsys.readouterr().out
@@ -45,7 +45,7 @@ def test_cancel_running_and_queued_jobs_then_delete_a_task(
     assert job.progress.step < job.progress.total_steps
     assert registry.live_version() == live  # nothing published
     assert registry.job(queued["job_id"]).state == "cancelled"
-    again = httpx.post(f"{url}/v1/jobs/{long['job_id']}/cancel", timeout=10)
+    again = httpx.delete(f"{url}/v1/jobs/{long['job_id']}", timeout=10)
     assert again.status_code == 409 and "already cancelled" in again.text
     assert httpx.get(f"{url}/v1/tasks/shapes").json()["state"] == "cancelled"
 
