@@ -61,25 +61,59 @@ def detect_format(filename: str, content_type: str | None) -> Literal["jsonl", "
     )
 
 
-def _row_from_obj(obj: object, max_chars: int) -> Row:
+@dataclass(frozen=True)
+class FieldMap:
+    """Which column (CSV) or key (JSONL) holds each part of a row. With the default names any
+    other column is an error; a mapping the user gave names the columns that matter, so the
+    other columns of their file (ids, metadata) are ignored."""
+
+    text: str = "text"
+    label: str = "label"
+    text_pair: str = "text_pair"
+
+    @property
+    def mapped(self) -> bool:
+        return self != DEFAULT_FIELDS
+
+    def names(self) -> set[str]:
+        return {self.text, self.label, self.text_pair}
+
+    def check(self) -> FieldMap:
+        names = [self.text, self.label, self.text_pair]
+        if len(set(names)) != 3:
+            raise InvalidInput("text_field, label_field and text_pair_field must differ",
+                               {"fields": names})
+        bad = [n for n in names if not n.strip() or len(n) > 100]
+        if bad:
+            raise InvalidInput("a field name must be 1 to 100 characters", {"fields": bad})
+        return self
+
+
+DEFAULT_FIELDS = FieldMap()
+
+
+def _row_from_obj(obj: object, max_chars: int, fields: FieldMap = DEFAULT_FIELDS) -> Row:
     if not isinstance(obj, dict):
         raise ValueError("each line must be a JSON object")
-    unknown = set(obj) - {"text", "text_pair", "label"}
-    if unknown:
-        raise ValueError(f"unknown fields: {sorted(unknown)}")
-    text, label, pair = obj.get("text"), obj.get("label"), obj.get("text_pair")
+    if not fields.mapped:
+        unknown = set(obj) - fields.names()
+        if unknown:
+            raise ValueError(f"unknown fields: {sorted(unknown)} (name the columns to read "
+                             "with text_field / label_field / text_pair_field)")
+    text, label, pair = obj.get(fields.text), obj.get(fields.label), obj.get(fields.text_pair)
     if not isinstance(text, str) or not text.strip():
-        raise ValueError("'text' must be a non-empty string")
+        raise ValueError(f"{fields.text!r} must be a non-empty string")
     if isinstance(label, (int, bool)) and not isinstance(label, bool):
         label = str(label)
     if not isinstance(label, str) or not label.strip():
-        raise ValueError("'label' must be a non-empty string or integer")
+        raise ValueError(f"{fields.label!r} must be a non-empty string or integer")
     if pair is not None and (not isinstance(pair, str) or not pair.strip()):
-        raise ValueError("'text_pair' must be a non-empty string when present")
+        raise ValueError(f"{fields.text_pair!r} must be a non-empty string when present")
     if len(text) > max_chars or (pair is not None and len(pair) > max_chars):
-        raise ValueError(f"text longer than {max_chars} characters")
+        raise ValueError(f"text longer than {max_chars} characters "
+                         "(the server's ADAPTERD_MAX_INPUT_CHARS setting raises it)")
     if len(label) > 200:
-        raise ValueError("'label' longer than 200 characters")
+        raise ValueError(f"{fields.label!r} longer than 200 characters")
     return Row(text=text, label=label.strip(), text_pair=pair)
 
 
@@ -105,7 +139,8 @@ def _nesting(line: str) -> int:
     return deepest
 
 
-def _iter_jsonl(raw: str, max_chars: int, errors: list[dict]) -> list[tuple[int, Row]]:
+def _iter_jsonl(raw: str, max_chars: int, errors: list[dict],
+                fields: FieldMap) -> list[tuple[int, Row]]:
     rows = []
     # A row is one flat object of strings; the limits keep a hostile line from costing a
     # recursion error or unbounded parse time.
@@ -121,13 +156,14 @@ def _iter_jsonl(raw: str, max_chars: int, errors: list[dict]) -> list[tuple[int,
                            "error": f"JSON nested deeper than {MAX_JSON_DEPTH} levels"})
             continue
         try:
-            rows.append((lineno, _row_from_obj(json.loads(line), max_chars)))
+            rows.append((lineno, _row_from_obj(json.loads(line), max_chars, fields)))
         except (ValueError, json.JSONDecodeError) as exc:
             errors.append({"line": lineno, "error": str(exc)})
     return rows
 
 
-def _iter_csv(raw: str, max_chars: int, errors: list[dict]) -> list[tuple[int, Row]]:
+def _iter_csv(raw: str, max_chars: int, errors: list[dict],
+              fields: FieldMap) -> list[tuple[int, Row]]:
     reader = csv.DictReader(io.StringIO(raw, newline=""))
     header = reader.fieldnames or []
     duplicates = sorted({name for name in header if header.count(name) > 1})
@@ -137,9 +173,11 @@ def _iter_csv(raw: str, max_chars: int, errors: list[dict]) -> list[tuple[int, R
             f"the CSV header names columns more than once: {duplicates}",
             {"lines": [{"line": 1, "error": f"header is {header}"}]},
         )
-    if "text" not in header or "label" not in header:
+    if fields.text not in header or fields.label not in header:
         raise InvalidInput(
-            "CSV needs a header row with columns text,label (and optionally text_pair)",
+            f"CSV needs a header row with columns {fields.text},{fields.label} (and optionally "
+            f"{fields.text_pair}); other names can be mapped with text_field, label_field and "
+            "text_pair_field",
             {"lines": [{"line": 1, "error": f"header is {header}"}]},
         )
     rows = []
@@ -148,13 +186,14 @@ def _iter_csv(raw: str, max_chars: int, errors: list[dict]) -> list[tuple[int, R
         try:
             if None in record:
                 raise ValueError("more fields than the header has")
-            obj = {k: v for k, v in record.items() if k in {"text", "label", "text_pair"}}
-            if obj.get("text_pair") == "":
-                obj.pop("text_pair")
-            extra = set(record) - {"text", "label", "text_pair"}
-            if extra:
-                raise ValueError(f"unknown columns: {sorted(extra)}")
-            rows.append((lineno, _row_from_obj(obj, max_chars)))
+            obj = {k: v for k, v in record.items() if k in fields.names()}
+            if obj.get(fields.text_pair) == "":
+                obj.pop(fields.text_pair)
+            extra = set(record) - fields.names()
+            if extra and not fields.mapped:
+                raise ValueError(f"unknown columns: {sorted(extra)} (name the columns to read "
+                                 "with text_field / label_field / text_pair_field)")
+            rows.append((lineno, _row_from_obj(obj, max_chars, fields)))
         except ValueError as exc:
             errors.append({"line": lineno, "error": str(exc)})
     return rows
@@ -167,6 +206,7 @@ def parse_dataset(
     min_rows_per_label: int,
     max_chars: int,
     max_rows: int,
+    fields: FieldMap = DEFAULT_FIELDS,
 ) -> ParsedDataset:
     """Validate every row; raise InvalidInput naming the offending lines, or return the dataset."""
     try:
@@ -177,7 +217,8 @@ def parse_dataset(
             "lines": [{"line": line, "error": f"invalid UTF-8 byte {data[exc.start]:#04x}"}],
             "byte_offset": exc.start}) from exc
     errors: list[dict] = []
-    numbered = (_iter_jsonl if fmt == "jsonl" else _iter_csv)(raw, max_chars, errors)
+    numbered = (_iter_jsonl if fmt == "jsonl" else _iter_csv)(raw, max_chars, errors,
+                                                               fields.check())
     if errors:
         raise InvalidInput(
             f"{len(errors)} invalid line(s) in the {fmt.upper()} upload",

@@ -59,6 +59,11 @@ def upload_openapi() -> dict[str, Any]:
     """openapi_extra for the upload route: body, and each hyperparameter as a query parameter
     and as an optional multipart field (the route takes either, not both)."""
     docs = hyperparameter_docs()
+    for name, default in (("text_field", "text"), ("label_field", "label"),
+                          ("text_pair_field", "text_pair")):
+        docs[name] = ({"type": "string", "maxLength": 100},
+                      f"the CSV column / JSONL key holding the {default.replace('_', ' ')} "
+                      f"(default '{default}'); naming any column makes the others ignored")
     parameters = [{"name": name, "in": "query", "required": False, "schema": schema,
                    "description": description} for name, (schema, description) in docs.items()]
     fields = {"file": {"type": "string", "format": "binary"},

@@ -12,7 +12,13 @@ from pydantic import ValidationError
 from starlette.datastructures import UploadFile
 
 from adapters_store.blobstore import BlobStore
-from adapters_store.datasets import ParsedDataset, detect_format, parse_dataset
+from adapters_store.datasets import (
+    DEFAULT_FIELDS,
+    FieldMap,
+    ParsedDataset,
+    detect_format,
+    parse_dataset,
+)
 from adapters_store.errors import AdapterdError, InvalidInput, NotFound, TooLarge
 from adapters_store.records import DatasetRecord, JobRecord
 from adapters_store.registry import Registry
@@ -149,7 +155,7 @@ def strategy_overrides(registry: Registry, settings: Settings, strategy: str,
 
 def accept_dataset(
     registry: Registry, blobs: BlobStore, settings: Settings, task_id: str, upload: Upload,
-    strategy: str, params: dict[str, object],
+    strategy: str, params: dict[str, object], fields: FieldMap = DEFAULT_FIELDS,
 ) -> tuple[DatasetRecord, JobRecord]:
     """Validate fully, then store the blob, record the dataset and enqueue its job (blocking I/O
     and CPU-bound parsing: call it from a worker thread). Nothing is written before the data
@@ -158,7 +164,7 @@ def accept_dataset(
     fmt = detect_format(upload.filename, upload.content_type)
     parsed = parse_dataset(
         upload.data, fmt, min_rows_per_label=settings.min_rows_per_label,
-        max_chars=settings.max_input_chars, max_rows=settings.max_train_rows,
+        max_chars=settings.max_input_chars, max_rows=settings.max_train_rows, fields=fields,
     )
     _check_input_kind(registry, task_id, parsed)
     digest = blobs.put(parsed.to_jsonl())

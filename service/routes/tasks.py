@@ -7,6 +7,7 @@ from typing import Annotated, Literal
 import anyio
 from fastapi import APIRouter, Query, Request, Response
 
+from adapters_store.datasets import FieldMap
 from adapters_store.errors import InvalidInput, NoWorker
 from adapters_store.peft_export import peft_zip
 from adapters_store.records import RESERVED_TASK_IDS, Route
@@ -57,17 +58,19 @@ async def upload_dataset(
     try:
         if task_id in RESERVED_TASK_IDS:
             raise InvalidInput(f"task id {task_id!r} is reserved (HAM's task-agnostic route)")
-        params = hyperparameters(request.query_params.multi_items(), skip={"strategy", "filename"})
+        query = request.query_params.multi_items()
+        params = hyperparameters(query, skip={"strategy", "filename", *FIELD_PARAMS})
         upload = await read_upload(request, filename, settings.max_upload_bytes)
         chosen = _strategy(strategy, upload.fields) or settings.strategy
-        form_params = hyperparameters(upload.fields_items(), skip={"strategy"})
+        form_params = hyperparameters(upload.fields_items(), skip={"strategy", *FIELD_PARAMS})
         both = sorted(params.keys() & form_params.keys())
         if both:
             raise InvalidInput("a hyperparameter is given both in the query string and in the "
                                "form", {"fields": both})
         params |= form_params
+        fields = field_map([*query, *upload.fields_items()])
         dataset, job = await anyio.to_thread.run_sync(
-            accept_dataset, registry, blobs, settings, task_id, upload, chosen, params)
+            accept_dataset, registry, blobs, settings, task_id, upload, chosen, params, fields)
     except Exception:
         metrics.uploads.labels("rejected").inc()
         raise
@@ -75,6 +78,20 @@ async def upload_dataset(
     metrics.jobs_submitted.labels(chosen).inc()
     return UploadAccepted(job_id=job.job_id, dataset_id=dataset.id, task_id=task_id,
                           status_url=f"/v1/jobs/{job.job_id}")
+
+
+FIELD_PARAMS = {"text_field": "text", "label_field": "label", "text_pair_field": "text_pair"}
+
+
+def field_map(items: list[tuple[str, str]]) -> FieldMap:
+    """Column mapping from the query string or the form (``text_field=sentence``...)."""
+    given: dict[str, str] = {}
+    for key, value in items:
+        if key in FIELD_PARAMS:
+            if key in given:
+                raise InvalidInput(f"{key} is given more than once", {"fields": [key]})
+            given[key] = value
+    return FieldMap(**{FIELD_PARAMS[k]: v for k, v in given.items()})
 
 
 def hyperparameters(items: list[tuple[str, str]], skip: set[str]) -> dict[str, str | list[str]]:

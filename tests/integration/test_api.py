@@ -470,3 +470,27 @@ def test_versions_and_rollback(api: TestClient, registry: Registry) -> None:
     # The predict path sees the pointer move: gamma is no longer routed.
     registry.beat(inference_heartbeat(), ttl_s=5)
     assert_error(api.post("/v1/tasks/gamma/predict", json={"inputs": ["x"]}), 404, "not_found")
+
+
+def test_column_mapping_reads_other_names_and_ignores_other_columns(
+        api: TestClient, registry: Registry) -> None:
+    rows = make_rows()
+    csv_body = "id,sentence,sentiment\n" + "".join(
+        f"{i},\"{r['text']}\",{r['label']}\n" for i, r in enumerate(rows))
+    r = upload(api, "mapped", csv_body.encode(), name="d.csv",
+               params={"text_field": "sentence", "label_field": "sentiment"})
+    assert r.status_code == 202, r.text
+    dataset = registry.dataset(r.json()["dataset_id"])
+    assert dataset.rows == len(rows) and set(dataset.label_counts) == {x["label"] for x in rows}
+    jsonl_body = "".join(json.dumps({"q": x["text"], "y": x["label"], "meta": 1}) + "\n"
+                         for x in rows)
+    r = upload(api, "mapped2", jsonl_body.encode(), data={"text_field": "q", "label_field": "y"})
+    assert r.status_code == 202, r.text
+    # Without a mapping the header must be text,label; the error says how to map.
+    err = assert_error(upload(api, "mapped3", csv_body.encode(), name="d.csv"), 422,
+                       "invalid_input")
+    assert "text_field" in err["message"]
+    err = assert_error(upload(api, "mapped4", csv_body.encode(), name="d.csv",
+                              params={"text_field": "sentence", "label_field": "sentence"}),
+                       422, "invalid_input")
+    assert "must differ" in err["message"]
