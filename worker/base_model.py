@@ -5,6 +5,8 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -142,9 +144,31 @@ def _tiny_alias(name: str) -> tuple[str, int] | None:
     return family, int(layers or 2)
 
 
+HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]{0,95}/[A-Za-z0-9][\w.-]{0,95}$")
+
+
+def _hub_snapshot(name: str) -> Path:
+    """The local snapshot of a Hub model id (config, tokenizer and safetensors files only)."""
+    if not HUB_ID.match(name) or ".." in name:
+        raise ValueError(f"base model {name!r} is neither a known alias, a local directory nor "
+                         "a Hugging Face model id (owner/name)")
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import HFValidationError, LocalEntryNotFoundError
+
+    try:
+        return Path(snapshot_download(repo_id=name, allow_patterns=[
+            "*.json", "*.safetensors", "*.txt", "*.model"]))
+    except (LocalEntryNotFoundError, HFValidationError, OSError) as exc:
+        raise ValueError(f"base model {name!r}: not in the local Hugging Face cache and not "
+                         f"downloadable here ({type(exc).__name__}; HF_HUB_OFFLINE="
+                         f"{os.environ.get('HF_HUB_OFFLINE', '0')})") from exc
+
+
 def load_base(name: str, device: torch.device, max_length: int) -> BaseEncoder:
-    """Load the base by alias (all-MiniLM-L6-v2, tiny-{bert,roberta,distilbert}[:layers]) or a
-    local directory of a supported family (model_families.py); never downloads."""
+    """Load the base by alias (all-MiniLM-L6-v2, tiny-{bert,roberta,distilbert}[:layers]), a
+    local directory, or a Hugging Face model id (``owner/name``, resolved by huggingface_hub:
+    the local cache first; with HF_HUB_OFFLINE=1 never a download), of a supported family
+    (model_families.py). Safetensors weights only."""
     # The sentence-transformers checkpoint carries a pooler we do not use; its load report is noise.
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
@@ -155,7 +179,7 @@ def load_base(name: str, device: torch.device, max_length: int) -> BaseEncoder:
     else:
         path = _minilm_path() if name == MINILM else Path(name)
         if not path.is_dir():
-            raise ValueError(f"base model {name!r} is neither a known alias nor a local directory")
+            path = _hub_snapshot(name)
         config = json.loads((path / "config.json").read_text())
         family = family_of(str(config.get("model_type")))  # refuse before loading weights
         weights = sorted(path.glob("*.safetensors"))
