@@ -100,8 +100,12 @@ def follow_job(api: Api, args: argparse.Namespace, job_id: str) -> int:
         return 1
     result = job.get("result") or {}
     if result and not args.json:
-        out(f"published {result['version']}: val_accuracy {result['val_accuracy']:.3f} "
-            f"(majority {result['majority_baseline']:.3f}), params added {result['params_added']}")
+        if result["val_accuracy"] is None:
+            out(f"published {result['version']}, params added {result['params_added']}")
+        else:
+            out(f"published {result['version']}: val_accuracy {result['val_accuracy']:.3f} "
+                f"(majority {result['majority_baseline']:.3f}), params added "
+                f"{result['params_added']}")
         choices = [d.get("choice", "?") for d in result.get("decisions", [])]
         if choices:
             out("layers: " + " ".join(choices) + (f"; replayed {', '.join(result['replayed'])}"

@@ -205,10 +205,10 @@ class JobResult(Record):
     version: str
     params_added: int
     route_params: int
-    val_accuracy: float
+    val_accuracy: float | None = Field(description="None: nothing to evaluate on (an import)")
     val_rows: int
     train_rows: int
-    majority_baseline: float
+    majority_baseline: float | None
     train_seconds: float
     layers: list[str | None]
     decisions: list[LayerDecision] = Field(default_factory=list)
@@ -226,12 +226,14 @@ class JobRecord(Record):
     replaces)."""
 
     job_id: str
-    kind: Literal["train", "merge"] = "train"
+    kind: Literal["train", "merge", "import"] = "train"
     task_id: str = Field(pattern=TASK_ID_PATTERN)
     dataset_id: str | None = None
     strategy: StrategyName | None = None
     params: StrategyOverrides = Field(default_factory=StrategyOverrides)
     merge: MergeRequest | None = None
+    import_blob: str | None = Field(None, description="import: the uploaded peft zip's blob")
+    input_kind: InputKind = "single"
     state: JobState = "queued"
     attempts: int = 0
     trainer_id: str | None = None
@@ -250,6 +252,8 @@ class JobRecord(Record):
             raise ValueError("a train job needs a dataset_id and a strategy")
         if self.kind == "merge" and self.merge is None:
             raise ValueError("a merge job needs its merge request")
+        if self.kind == "import" and self.import_blob is None:
+            raise ValueError("an import job needs the adapter's blob")
         return self
 
 

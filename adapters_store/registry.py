@@ -222,6 +222,12 @@ class Registry:
                         task_id=req.name or req.tasks[0], merge=req)
         return self._enqueue(job, None)
 
+    def submit_import(self, task_id: str, blob: str, input_kind: str) -> JobRecord:
+        """Enqueue building ``task_id``'s route from a stored (and checked) peft adapter zip."""
+        job = JobRecord(job_id="job_" + uuid.uuid4().hex[:16], kind="import", task_id=task_id,
+                        import_blob=blob, input_kind=input_kind)
+        return self._enqueue(job, None)
+
     def _enqueue(self, job: JobRecord, dataset: DatasetRecord | None) -> JobRecord:
         """Job, its task's record (and dataset) and the stream entry in one transaction."""
         task_key = self.keys.task(job.task_id)

@@ -57,7 +57,9 @@ class TaskDeleted(Model):
     cancelled_jobs: list[str]
 
 
-class MergeAccepted(Model):
+class JobAccepted(Model):
+    """A merge or import job was queued: follow it at ``status_url``."""
+
     job_id: str
     task_id: str
     status_url: str

@@ -17,6 +17,7 @@ from adapters_store.records import FINISHED_JOB_STATES, JobProgress, JobRecord
 from adapters_store.settings import Settings
 from adapters_store.streams import Heartbeat, TrainJobMessage
 from worker.bank import LoadedBank
+from worker.import_job import run_import_job
 from worker.merge_job import run_merge_job
 from worker.progress import Progress
 from worker.runtime import GracefulStop, build_model
@@ -153,7 +154,7 @@ class Trainer(StreamWorker):
             return job
         try:
             self._report(job, Progress("preparing", 0, 0, 0, 0, 0, 0, None, None), force=True)
-            run = run_merge_job if job.kind == "merge" else run_train_job
+            run = {"merge": run_merge_job, "import": run_import_job}.get(job.kind, run_train_job)
             job.result = run(self.state, job, lambda p: self._report(job, p))
             job.state = "succeeded"
             job.progress = job.progress.model_copy(update={

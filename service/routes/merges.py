@@ -9,21 +9,21 @@ from fastapi import APIRouter, Query
 from adapters_store.merges import MergeRequest, check_merge
 from service.auth import AdminAuth, ReadAuth
 from service.deps import RegistryDep
-from service.schemas import ErrorResponse, JobList, MergeAccepted
+from service.schemas import ErrorResponse, JobAccepted, JobList
 
 router = APIRouter(prefix="/v1/merges", tags=["merges"])
 ERRORS = {code: {"model": ErrorResponse} for code in (401, 403, 404, 409, 422, 503)}
 
 
-@router.post("", status_code=202, response_model=MergeAccepted, dependencies=[AdminAuth],
+@router.post("", status_code=202, response_model=JobAccepted, dependencies=[AdminAuth],
              responses=ERRORS, summary="Merge tasks' adapter modules into one set (a job)")
-def post_merge(body: MergeRequest, registry: RegistryDep) -> MergeAccepted:
+def post_merge(body: MergeRequest, registry: RegistryDep) -> JobAccepted:
     """Checked now against the live bank (members exist, one module kind, a method that can
     merge it, one label set for a named merge); the trainer checks again against the bank it
     merges and publishes one new version, or fails the job and leaves the bank unchanged."""
     check_merge(registry.live_manifest(), body)
     job = registry.submit_merge(body)
-    return MergeAccepted(job_id=job.job_id, task_id=job.task_id,
+    return JobAccepted(job_id=job.job_id, task_id=job.task_id,
                          status_url=f"/v1/jobs/{job.job_id}")
 
 

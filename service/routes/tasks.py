@@ -8,9 +8,10 @@ import anyio
 from fastapi import APIRouter, Query, Request, Response
 
 from adapters_store.datasets import FieldMap
-from adapters_store.errors import InvalidInput, NoWorker
+from adapters_store.errors import Conflict, InvalidInput, NoWorker
 from adapters_store.peft_export import peft_zip
-from adapters_store.records import RESERVED_TASK_IDS, Route
+from adapters_store.peft_import import read_peft_zip
+from adapters_store.records import RESERVED_TASK_IDS, InputKind, Route
 from adapters_store.registry import Registry
 from adapters_store.strategy_params import STRATEGY_NAMES, StrategyName
 from adapters_store.streams import InputItem
@@ -28,6 +29,7 @@ from service.live import LiveView
 from service.request_ids import request_id_of
 from service.schemas import (
     ErrorResponse,
+    JobAccepted,
     PredictRequest,
     PredictResponse,
     TaskDeleted,
@@ -218,3 +220,33 @@ def export_adapter(task_id: TaskIdPath, registry: RegistryDep, blobs: BlobsDep,
     return Response(data, media_type="application/zip", headers={
         "Content-Disposition": f'attachment; filename="{task_id}-{manifest.version}-peft.zip"',
         "X-Adapter-Version": manifest.version})
+
+
+@router.post("/{task_id}/adapter", status_code=202, response_model=JobAccepted,
+             dependencies=[AdminAuth], responses=ERRORS,
+             summary="Import a peft LoRA adapter (zip) with its head and labels as a task")
+async def import_adapter(
+    task_id: TaskIdPath, request: Request, settings: SettingsDep, registry: RegistryDep,
+    blobs: BlobsDep,
+    input_kind: Annotated[InputKind, Query(description="what the task takes")] = "single",
+) -> JobAccepted:
+    """Multipart field ``file``: a zip of adapter_config.json + adapter_model.safetensors (what
+    peft's save_pretrained writes) plus head.safetensors (``weight`` labels×hidden, ``bias``) and
+    labels.json. Checked against the live bank's base (family, layers, hidden size, LoRA on
+    query/key/value, one rank) before anything is stored; the trainer builds the route."""
+    if task_id in RESERVED_TASK_IDS:
+        raise InvalidInput(f"task id {task_id!r} is reserved (HAM's task-agnostic route)")
+    manifest = registry.live_manifest()
+    if manifest is None:
+        raise Conflict("an import is checked against the live bank's base model: train or "
+                       "import nothing before a first task has published a bank version")
+    upload = await read_upload(request, None, settings.max_upload_bytes)
+    base = manifest.base
+    await anyio.to_thread.run_sync(read_peft_zip, upload.data, base.family, base.num_layers,
+                                   base.hidden_size, settings.max_upload_bytes)
+    old = manifest.routes.get(task_id)
+    if old is not None and old.input_kind != input_kind:
+        raise InvalidInput(f"task {task_id!r} takes {old.input_kind} inputs")
+    job = registry.submit_import(task_id, blobs.put(upload.data), input_kind)
+    return JobAccepted(job_id=job.job_id, task_id=task_id,
+                          status_url=f"/v1/jobs/{job.job_id}")

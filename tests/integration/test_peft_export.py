@@ -8,6 +8,7 @@ import json
 import zipfile
 from pathlib import Path
 
+import httpx
 import pytest
 import torch
 from fastapi.testclient import TestClient
@@ -96,3 +97,56 @@ def test_non_lora_routes_are_refused(settings: Settings, registry: Registry) -> 
     with TestClient(create_app(settings)) as client:
         r = client.get("/v1/tasks/b/adapter")
     assert r.status_code == 422 and "peft export covers LoRA" in r.text
+
+
+def _zip(files: dict[str, bytes]) -> bytes:
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w") as zf:
+        for name, data in files.items():
+            zf.writestr(name, data)
+    return out.getvalue()
+
+
+def test_export_then_import_round_trip_through_the_service(settings: Settings,
+                                                           registry: Registry,
+                                                           tmp_path: Path) -> None:
+    from tests.factories import keyword_rows
+    from tests.integration.stack import running_stack, wait_job
+    from tests.integration.test_end_to_end import FAST, jsonl, upload
+
+    with running_stack(settings.model_copy(update=FAST), registry, tmp_path / "logs") as procs:
+        url = procs["api"].url
+        job = upload(url, "orig", jsonl(keyword_rows(30)),
+                     query="strategy=per_task&module_kind=lora")
+        assert wait_job(registry, job["job_id"], 180, tuple(procs.values())).state == "succeeded"
+        exported = httpx.get(f"{url}/v1/tasks/orig/adapter?format=peft", timeout=30).content
+        files = {n: zipfile.ZipFile(io.BytesIO(exported)).read(n)
+                 for n in zipfile.ZipFile(io.BytesIO(exported)).namelist()}
+        jobs = len(registry.jobs(100))
+        config = json.loads(files["adapter_config.json"])
+        bad = [
+            (b"not a zip", "not a zip file"),
+            (_zip({k: v for k, v in files.items() if k != "labels.json"}), "must hold"),
+            (_zip(files | {"adapter_config.json": json.dumps(config | {"r": 4}).encode()}),
+             "expected lora_A 4x32"),
+            (_zip(files | {"adapter_config.json": json.dumps(config | {"use_dora": True})
+                           .encode()}), "use_dora"),
+            (_zip(files | {"labels.json": b'["only"]'}), "at least 2 distinct"),
+        ]
+        for body, words in bad:
+            r = httpx.post(f"{url}/v1/tasks/copy/adapter", timeout=30,
+                           files={"file": ("a.zip", body, "application/zip")})
+            assert r.status_code == 422 and words in r.text, (words, r.text)
+        assert len(registry.jobs(100)) == jobs  # nothing queued
+        r = httpx.post(f"{url}/v1/tasks/copy/adapter", timeout=30,
+                       files={"file": ("a.zip", exported, "application/zip")})
+        assert r.status_code == 202, r.text + procs["api"].log()[-3000:]
+        done = wait_job(registry, r.json()["job_id"], 120, tuple(procs.values()))
+        assert done.state == "succeeded", done.error
+        assert registry.live_manifest().routes["copy"].strategy == "import"
+        texts = {"inputs": ["a cherry and a tomato", "the ocean sky", "report news"]}
+        a = httpx.post(f"{url}/v1/tasks/orig/predict", json=texts, timeout=30).json()
+        b = httpx.post(f"{url}/v1/tasks/copy/predict", json=texts, timeout=30).json()
+        for pa, pb in zip(a["predictions"], b["predictions"], strict=True):
+            assert pa["label"] == pb["label"]
+            assert all(abs(pa["scores"][k] - pb["scores"][k]) < 1e-5 for k in pa["scores"])
