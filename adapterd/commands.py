@@ -115,25 +115,27 @@ def follow_job(api: Api, args: argparse.Namespace, job_id: str) -> int:
     return 0
 
 
+def show(args: argparse.Namespace, body: Any, line: str) -> int:
+    """The response as JSON with --json, else one line for people."""
+    if args.json:
+        dump(body)
+    else:
+        out(line)
+    return 0
+
+
 def cmd_cancel(api: Api, args: argparse.Namespace) -> int:
     job = api.call("DELETE", f"/v1/jobs/{args.job_id}")
-    if args.json:
-        dump(job)
-    else:
-        out(f"job {job['job_id']} {'cancelled' if job['state'] == 'cancelled' else 'cancelling'}"
-            f" (task {job['task_id']})")
-    return 0
+    state = "cancelled" if job["state"] == "cancelled" else "cancelling"
+    return show(args, job, f"job {job['job_id']} {state} (task {job['task_id']})")
 
 
 def cmd_delete(api: Api, args: argparse.Namespace) -> int:
     body = api.call("DELETE", f"/v1/tasks/{args.task_id}")
-    if args.json:
-        dump(body)
-    else:
-        out(f"deleted task {body['task_id']}: live {body['version'] or 'unchanged'}"
-            + (f"; cancelled {', '.join(body['cancelled_jobs'])}" if body["cancelled_jobs"]
-               else ""))
-    return 0
+    cancelled = body["cancelled_jobs"]
+    return show(args, body, f"deleted task {body['task_id']}: live "
+                f"{body['version'] or 'unchanged'}"
+                + (f"; cancelled {', '.join(cancelled)}" if cancelled else ""))
 
 
 def cmd_merge(api: Api, args: argparse.Namespace) -> int:
@@ -264,11 +266,7 @@ def cmd_versions(api: Api, args: argparse.Namespace) -> int:
 
 def cmd_rollback(api: Api, args: argparse.Namespace) -> int:
     entry = api.call("POST", "/v1/bank/rollback", json={"version": args.version})
-    if args.json:
-        dump(entry)
-    else:
-        out(f"live {entry['version']} (was {entry.get('previous')})")
-    return 0
+    return show(args, entry, f"live {entry['version']} (was {entry.get('previous')})")
 
 
 CLIENT_COMMANDS = {
