@@ -14,9 +14,9 @@ from adapters_store.module_config import LoraConfig
 from adapters_store.peft_import import read_peft_zip
 from adapters_store.records import BankManifest, JobRecord, JobResult, Route
 from worker.modules import AdapterModule
-from worker.pipeline import VersionWriter
+from worker.pipeline import VersionWriter, bank_growth
 from worker.progress import JobClock, ProgressFn
-from worker.train_job import TrainerState
+from worker.train_job import TrainerState, publish
 
 log = logging.getLogger(__name__)
 
@@ -62,21 +62,13 @@ def run_import_job(state: TrainerState, job: JobRecord, progress: ProgressFn) ->
         task_id=job.task_id, layers=layers, head=writer.head(head, adapter.labels),
         input_kind=job.input_kind, strategy="import", dataset_id="", job_id=job.job_id,
         trained_in=version, full_route_params=sum(m.num_params for m in route if m))
-    used = sorted({m for r in routes.values() for m in r.layers if m is not None})
-    for module_id in used:
-        if module_id not in writer.records:
-            writer.records[module_id] = parent.modules[module_id]  # type: ignore[union-attr]
     manifest = BankManifest(
         version=version, number=number, parent=parent.version if parent else None, base=info,
-        modules={k: writer.records[k] for k in used}, routes=routes, strategy="import",
+        modules=writer.used_modules(routes), routes=routes, strategy="import",
         note=f"imported a peft LoRA adapter as task {job.task_id} ({job.job_id})")
-    for data in writer.blobs.values():
-        state.blobs.put(data)
-    state.registry.publish(manifest, reason=f"import {job.task_id} ({job.job_id})")
-    added = manifest.totals()["adapter_params"] - (parent.totals()["adapter_params"]
-                                                   if parent else 0)
+    publish(state, manifest, writer.blobs, reason=f"import {job.task_id} ({job.job_id})")
     log.info("job %s: imported task %s as %s", job.job_id, job.task_id, version)
-    return JobResult(version=version, params_added=max(0, added),
+    return JobResult(version=version, params_added=bank_growth(manifest, parent),
                      route_params=manifest.route_params(job.task_id), val_accuracy=None,
                      val_rows=0, train_rows=0, majority_baseline=None,
                      train_seconds=time.monotonic() - started, layers=layers)

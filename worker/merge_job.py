@@ -23,7 +23,7 @@ from worker.pipeline import VersionWriter
 from worker.progress import JobClock, ProgressFn
 from worker.routed_model import RoutedEncoder
 from worker.strategies.fit import TaskRows
-from worker.train_job import TrainerState, stored_task_rows
+from worker.train_job import TrainerState, publish, stored_task_rows
 
 log = logging.getLogger(__name__)
 
@@ -114,13 +114,9 @@ def merge_version(model: RoutedEncoder, parent: LoadedVersion, req: MergeRequest
             merge=info)
     else:
         val_acc = sum(e.after for e in evals.values()) / len(evals)
-    used = sorted({m for r in routes.values() for m in r.layers if m is not None})
-    for module_id in used:
-        if module_id not in writer.records:
-            writer.records[module_id] = manifest.modules[module_id]
     new_manifest = BankManifest(
         version=version, number=number, parent=manifest.version, base=manifest.base,
-        modules={k: writer.records[k] for k in used}, routes=routes, strategy="merge",
+        modules=writer.used_modules(routes), routes=routes, strategy="merge",
         note=f"{req.method} merge of {', '.join(req.tasks)}"
              + (f" as {req.name}" if req.name else "") + (" (replace)" if req.replace else ""))
     added = sum(new_manifest.modules[i].params for i in set(ids) - {None}
@@ -145,10 +141,8 @@ def run_merge_job(state: TrainerState, job: JobRecord, progress: ProgressFn) -> 
     out = merge_version(state.model, loaded, job.merge, job.job_id,
                         state.registry.next_version_number(), stored_task_rows(state, parent),
                         progress)
-    for data in out.blobs.values():
-        state.blobs.put(data)
-    state.registry.publish(out.manifest, reason=f"merge {', '.join(job.merge.tasks)} "
-                                                f"({job.job_id})")
+    publish(state, out.manifest, out.blobs,
+            reason=f"merge {', '.join(job.merge.tasks)} ({job.job_id})")
     log.info("job %s: %s merge of %s published %s (+%d params)", job.job_id, job.merge.method,
              job.merge.tasks, out.manifest.version, out.result.params_added)
     return out.result

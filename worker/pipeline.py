@@ -168,9 +168,24 @@ class VersionWriter:
                 created_by=created_by, created_in=self.version)
         return content_id
 
+    def used_modules(self, routes: dict[str, Route]) -> dict[str, ModuleRecord]:
+        """The records of every module some route uses (this version's, else the parent's), in
+        id order: modules no route uses any more leave the version; older versions and the blob
+        store still hold them, so rollback keeps working."""
+        used = sorted({m for r in routes.values() for m in r.layers if m is not None})
+        return {m: self.records[m] if m in self.records
+                else self.parent.modules[m] for m in used}  # type: ignore[union-attr]
+
     def head(self, head: nn.Linear, labels: list[str]) -> HeadRecord:
         return HeadRecord(labels=labels, blob=self._blob(head_to_bytes(head)),
                           params=sum(p.numel() for p in head.parameters()))
+
+
+def bank_growth(manifest: BankManifest, parent: BankManifest | None) -> int:
+    """What the bank grew by: tuned replacements of shared modules of the same size add nothing;
+    a merged set that replaces a smaller one (sparse_merged, HAM) adds the difference."""
+    return max(0, manifest.totals()["adapter_params"]
+               - (parent.totals()["adapter_params"] if parent else 0))
 
 
 def build_version(trained: TrainedTask, number: int) -> TrainOutput:
@@ -209,23 +224,13 @@ def build_version(trained: TrainedTask, number: int) -> TrainOutput:
         trained_in=version, full_route_params=trained.full_route_params, metrics=metrics,
         strategy_params=spec.params, decisions=fit.decisions,
         ham_group=fit.ham.group if fit.ham else None)
-    used = sorted({m for r in routes.values() for m in r.layers if m is not None})
-    for module_id in used:
-        if module_id not in writer.records:
-            writer.records[module_id] = parent.modules[module_id]  # type: ignore[union-attr]
-    # Modules no route uses any more leave this version; older versions and the blob store
-    # still hold them, so rollback keeps working.
     manifest = BankManifest(
         version=version, number=number, parent=parent.version if parent else None,
-        base=trained.base, modules={k: writer.records[k] for k in used}, routes=routes,
+        base=trained.base, modules=writer.used_modules(routes), routes=routes,
         strategy=spec.params.strategy, strategy_params=spec.params,
         note=f"{spec.params.strategy} trained task {spec.task_id} ({spec.job_id})")
-    # What the bank grew by: tuned replacements of shared modules of the same size add nothing;
-    # a merged set that replaces a smaller one (sparse_merged, HAM) adds the difference.
-    params_added = max(0, manifest.totals()["adapter_params"]
-                       - (parent.totals()["adapter_params"] if parent else 0))
     result = JobResult(
-        version=version, params_added=params_added,
+        version=version, params_added=bank_growth(manifest, parent),
         route_params=manifest.route_params(spec.task_id), val_accuracy=trained.val_accuracy,
         val_rows=len(trained.val_rows), train_rows=len(trained.train_rows),
         majority_baseline=trained.majority, train_seconds=time.monotonic() - trained.started,

@@ -57,6 +57,15 @@ def stored_task_rows(state: TrainerState, parent: BankManifest | None) -> TaskRo
     return rows_of
 
 
+def publish(state: TrainerState, manifest: BankManifest, blobs: dict[str, bytes],
+            reason: str) -> None:
+    """Write the version's new tensor files, then make it live (a reader never meets a
+    manifest whose blobs are missing)."""
+    for data in blobs.values():
+        state.blobs.put(data)
+    state.registry.publish(manifest, reason=reason)
+
+
 def run_train_job(state: TrainerState, job: JobRecord, progress: ProgressFn) -> JobResult:
     """Train and publish; raise on any failure, leaving the live bank untouched."""
     settings = state.settings
@@ -78,10 +87,8 @@ def run_train_job(state: TrainerState, job: JobRecord, progress: ProgressFn) -> 
     trained = fit_task(state.model, loaded_parent, spec, state.device, progress,
                        stored_task_rows(state, parent))
     out = build_version(trained, state.registry.next_version_number())
-    for data in out.blobs.values():
-        state.blobs.put(data)
     trained.clock.note("publishing")
-    state.registry.publish(out.manifest, reason=f"train {job.task_id} ({job.job_id})")
+    publish(state, out.manifest, out.blobs, reason=f"train {job.task_id} ({job.job_id})")
     log.info("job %s task %s: published %s (val acc %.3f, +%d params, replayed %s)",
              job.job_id, job.task_id, out.manifest.version, out.result.val_accuracy,
              out.result.params_added, out.result.replayed)
