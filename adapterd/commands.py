@@ -110,8 +110,21 @@ def follow_job(api: Api, args: argparse.Namespace, job_id: str) -> int:
         if choices:
             out("layers: " + " ".join(choices) + (f"; replayed {', '.join(result['replayed'])}"
                                                  if result.get("replayed") else ""))
+        gate = result.get("gate") or {}
+        checks = gate.get("checks") or {}
         for task, acc in (result.get("old_tasks") or {}).items():
-            out(f"  {task}: held-out accuracy {acc['before']:.3f} -> {acc['after']:.3f}")
+            check = checks.get(task)
+            why = "" if check is None else (
+                f" (proposed {check['after']:.3f}, allowed drop {check['tolerance']:.3f}: "
+                f"{'held' if check['passed'] else 'failed'})")
+            out(f"  {task}: held-out accuracy {acc['before']:.3f} -> {acc['after']:.3f}{why}")
+        if checks:
+            line = f"regression gate ({gate['mode']}): {gate['outcome']}"
+            if gate.get("reverted_modules"):
+                line += (f"; kept {len(gate['reverted_modules'])} shared module(s) as they were,"
+                         f" new task unshared at layer(s) "
+                         f"{', '.join(map(str, gate['unshared_layers'])) or '-'}")
+            out(line)
     return 0
 
 
@@ -241,6 +254,10 @@ def cmd_adapters(api: Api, args: argparse.Namespace) -> int:
              ", ".join(by_id[mid]["users"])]
             for layer in bank["layers"] for mid in layer["modules"]]
     table(rows, ["LAYER", "MODULE", "KIND", "PARAMS", "USERS"])
+    empty = [f"{layer['layer']}: {', '.join(layer['empty'])}" for layer in bank["layers"]
+             if layer.get("empty")]
+    if empty:
+        out("no module (empty) at layer " + "; ".join(empty))
     out("")
     for key, value in bank["totals"].items():
         out(f"{key}: {value}")

@@ -66,3 +66,10 @@ class Timeout(AdapterdError):
 class CorruptBlob(AdapterdError):
     code = "corrupt_blob"
     status = 500
+
+
+class Regression(AdapterdError):
+    """A job's change would make an earlier task drop past the gate's tolerance."""
+
+    code = "regression"
+    status = 409

@@ -77,6 +77,9 @@ class LayerDecision(Record):
     weights: dict[str, float] = Field(default_factory=dict,
                                       description="final softmax weight per candidate")
     logits: list[float] = Field(default_factory=list)
+    method: str | None = Field(None, description="how it was decided (SAFM's decision mode)")
+    losses: dict[str, float] = Field(
+        default_factory=dict, description="validation decision: held-out loss per candidate")
 
 
 class OldTaskEval(Record):
@@ -84,6 +87,34 @@ class OldTaskEval(Record):
 
     before: float
     after: float
+
+
+class GateCheck(Record):
+    """One earlier task at the regression gate: held-out accuracy before and after the job's
+    proposed change, the largest drop allowed, and whether it held."""
+
+    before: float
+    after: float
+    rows: int = Field(ge=0, description="held-out rows it was measured on")
+    tolerance: float
+    passed: bool
+
+
+class GateReport(Record):
+    """The regression gate of a job (strategy_params.GateMode): what it checked and did."""
+
+    mode: Literal["fallback", "fail", "off"]
+    outcome: Literal["passed", "fallback", "failed", "unchecked"] = Field(
+        description="unchecked: mode off, or no earlier task was touched")
+    checks: dict[str, GateCheck] = Field(
+        default_factory=dict, description="the proposed change, task by task")
+    reverted_modules: list[str] = Field(
+        default_factory=list, description="shared modules kept as they were (ids)")
+    reverted_heads: list[str] = Field(default_factory=list,
+                                      description="tasks whose head was kept as it was")
+    unshared_layers: list[int] = Field(
+        default_factory=list, description="layers where the new task keeps its tuned copy as a "
+        "module of its own instead of sharing")
 
 
 class HamReport(Record):
@@ -166,6 +197,7 @@ class BankManifest(Record):
         per_task = sum(r.full_route_params for r in self.routes.values())
         return {
             "modules": len(self.modules),
+            "shared_modules": sum(len(u) > 1 for u in self.module_users().values()),
             "tasks": len(self.routes),
             "adapter_params": adapter,
             "head_params": heads,
@@ -218,6 +250,9 @@ class JobResult(Record):
     strategy_params: OptionalParams = None
     merge: MergeInfo | None = None
     ham: HamReport | None = None
+    gate: GateReport | None = None
+    replayed_rows: dict[str, int] = Field(default_factory=dict,
+                                          description="stored training rows replayed per task")
 
 
 class JobRecord(Record):

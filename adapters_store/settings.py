@@ -10,6 +10,8 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from adapters_store.module_config import DenseKind, SparseTarget
 from adapters_store.strategy_params import (
+    DecisionMode,
+    GateMode,
     GroupSimilarity,
     LoraTarget,
     MaskCriterion,
@@ -94,6 +96,15 @@ class Settings(BaseSettings):
     safm_layer_loss_weight: float = Field(0.4, ge=0)
     safm_replay_ratio: float = Field(0.2, ge=0)
     safm_forced_layers: list[int] | None = None
+    # How SAFM decides (strategy_params.DecisionMode) and the replay rule; chosen on validation
+    # splits (docs/benchmarks/safm-decision.md).
+    safm_decision: DecisionMode = "validation"
+    safm_decision_tolerance: float = Field(0.05, ge=0, le=10)
+    safm_replay_adaptive: bool = True
+    # The regression gate before every publish (strategy_params.GateMode); None: a drop of
+    # max(1 point, 2 binomial standard errors of the task's held-out split) fails a task.
+    regression_gate: GateMode = "fallback"
+    regression_tolerance: float | None = Field(None, ge=0, le=1)
     # Sparse adapters (seed 002; mttl's sparse_finetuning config: 5% of q,k,v, SNIP masks
     # re-selected every 100 steps in the first epoch). The learning rate was chosen on
     # validation splits (docs/benchmarks/sparse.md).

@@ -41,6 +41,15 @@ RESERVED_TASK_IDS = frozenset({HAM_ALL_TASK})
 MaskCriterion = Literal["snip", "snip_signed", "magnitude"]
 # HAM's task-to-group cosine: over all layers flattened together, or the mean per layer.
 GroupSimilarity = Literal["flat", "per_layer"]
+# SAFM's decision stage: the paper's logit search at its fixed rate ("paper"), the same search
+# with the logits' rate scaled so that rate x search steps matches the paper's ~2k x 1.75e-4
+# ("budget"), or a held-out comparison of each layer's candidates after a sampled-path warm-up
+# ("validation").
+DecisionMode = Literal["paper", "budget", "validation"]
+# Before a publish, every earlier task whose route a job changes is evaluated before and after:
+# "fallback" keeps a failing task's modules and head as they were (the new task keeps its tuned
+# copies as modules of its own), "fail" fails the job with the bank unchanged, "off" skips it.
+GateMode = Literal["fallback", "fail", "off"]
 
 
 class StrategyOverrides(BaseModel):
@@ -77,6 +86,17 @@ class StrategyOverrides(BaseModel):
                                            description="ham: kept fraction of B and A")
     rank_cap: int | None = Field(None, ge=0, le=4096,
                                  description="ham: SVD cap on a group's rank (0: none)")
+    decision: DecisionMode | None = None
+    decision_tolerance: float | None = Field(
+        None, ge=0, le=10, description="validation decision: nats of held-out loss a cheaper "
+        "candidate may add over the all-new route")
+    replay_adaptive: bool | None = Field(
+        None, description="replay each shared task in proportion to how much of its path is "
+        "reused (replay_ratio is the floor, the new task's row count the cap)")
+    regression_gate: GateMode | None = None
+    regression_tolerance: float | None = Field(
+        None, ge=0, le=1, description="largest allowed held-out drop (fraction); default "
+        "max(0.01, 2 binomial standard errors)")
 
     @model_validator(mode="after")
     def _layers_non_negative(self) -> StrategyOverrides:
@@ -109,6 +129,9 @@ class _Params(BaseModel):
     lora_rank: int = Field(ge=1, le=1024)
     lora_alpha: float = Field(gt=0)
     lora_targets: list[LoraTarget] = Field(min_length=1)
+    # Older manifests predate the gate: "off" is what ran then.
+    regression_gate: GateMode = "off"
+    regression_tolerance: float | None = Field(None, ge=0, le=1)
 
     def module_config(self, hidden: int, intermediate: int) -> ModuleConfig:
         if self.module_kind == "bottleneck":
@@ -144,6 +167,10 @@ class SearchParams(_DenseParams):
     layer_loss_weight: float = Field(ge=0, le=10)
     replay_ratio: float = Field(ge=0, le=10)
     forced_layers: list[int] = Field(max_length=256)
+    # Older manifests predate these: the paper's search with fixed replay is what ran then.
+    decision: DecisionMode = "paper"
+    decision_tolerance: float = Field(0.05, ge=0, le=10)
+    replay_adaptive: bool = False
 
     @model_validator(mode="after")
     def _rules(self) -> SearchParams:
@@ -245,6 +272,9 @@ def resolve(strategy: str, overrides: StrategyOverrides, settings: Settings,
         "weight_decay": settings.weight_decay, "bottleneck_size": settings.bottleneck_size,
         "lora_rank": settings.lora_rank, "lora_alpha": settings.lora_alpha,
         "lora_targets": sorted(settings.lora_targets),
+        # seqft is the forgetting baseline: a gate would turn it into per_task.
+        "regression_gate": "off" if strategy == "seqft" else settings.regression_gate,
+        "regression_tolerance": settings.regression_tolerance,
     }
     if strategy in PLAIN_STRATEGIES:
         base |= {"epochs": settings.epochs, "learning_rate": settings.learning_rate}
@@ -278,6 +308,9 @@ def resolve(strategy: str, overrides: StrategyOverrides, settings: Settings,
             "layer_loss_weight": settings.safm_layer_loss_weight if strategy == "safm" else 0.0,
             "replay_ratio": settings.safm_replay_ratio,
             "forced_layers": forced if forced is not None else [(num_layers - 1) // 2],
+            "decision": settings.safm_decision,
+            "decision_tolerance": settings.safm_decision_tolerance,
+            "replay_adaptive": settings.safm_replay_adaptive,
         }
     merged = base | given
     if "forced_layers" in merged:

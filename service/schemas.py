@@ -150,6 +150,8 @@ class ModuleView(Model):
 class LayerView(Model):
     layer: int
     modules: list[str]
+    users: dict[str, list[str]] = Field(description="module id -> the tasks that route it")
+    empty: list[str] = Field(description="tasks with no module at this layer")
 
 
 class TaskRouteView(Model):

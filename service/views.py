@@ -34,8 +34,8 @@ _JOB_TO_TASK_STATE: dict[str, TaskState] = {
     # Trained, but the live version does not route the task (e.g. after a rollback).
     "succeeded": "not_live",
 }
-EMPTY_TOTALS = {"modules": 0, "tasks": 0, "adapter_params": 0, "head_params": 0,
-                "one_adapter_per_task_params": 0}
+EMPTY_TOTALS = {"modules": 0, "shared_modules": 0, "tasks": 0, "adapter_params": 0,
+                "head_params": 0, "one_adapter_per_task_params": 0}
 
 
 def _maybe(load: Callable[[str], T], key: str) -> T | None:
@@ -140,7 +140,10 @@ def adapters_view(manifest: BankManifest | None) -> AdaptersView:
         for m in ordered
     ]
     layers = [
-        LayerView(layer=layer, modules=[m.id for m in ordered if m.layer == layer])
+        LayerView(layer=layer, modules=[m.id for m in ordered if m.layer == layer],
+                  users={m.id: users[m.id] for m in ordered if m.layer == layer},
+                  empty=[t for t, r in sorted(manifest.routes.items())
+                         if r.layers[layer] is None])
         for layer in range(manifest.base.num_layers)
     ]
     routes = {

@@ -19,16 +19,29 @@ def items_of(rows: Sequence[Row]) -> list[InputItem]:
 
 
 @torch.no_grad()
+def route_logits(model: RoutedEncoder, route: Sequence[AdapterModule | None], head: nn.Linear,
+                 rows: Sequence[Row], batch_size: int = 64) -> torch.Tensor:
+    """The head's logits for each row along one route (rows × classes)."""
+    device = next(head.parameters()).device
+    routing = Routing.uniform(list(route))
+    out = [head(model.embed(model.base.tokenize(items_of(rows[start:start + batch_size]),
+                                                device), routing))
+           for start in range(0, len(rows), batch_size)]
+    return torch.cat(out) if out else torch.zeros(0, head.out_features, device=device)
+
+
 def predict_route(model: RoutedEncoder, route: Sequence[AdapterModule | None], head: nn.Linear,
                   rows: Sequence[Row], batch_size: int = 64) -> list[int]:
     """Argmax class index for each row along one route."""
-    device = next(head.parameters()).device
-    routing = Routing.uniform(list(route))
-    out: list[int] = []
-    for start in range(0, len(rows), batch_size):
-        batch = model.base.tokenize(items_of(rows[start:start + batch_size]), device)
-        out.extend(head(model.embed(batch, routing)).argmax(-1).tolist())
-    return out
+    return route_logits(model, route, head, rows, batch_size).argmax(-1).tolist()
+
+
+def mean_loss(model: RoutedEncoder, route: Sequence[AdapterModule | None], head: nn.Linear,
+              rows: Sequence[Row], label_index: dict[str, int]) -> float:
+    """Mean cross-entropy of ``rows`` (whose labels the head knows) along one route."""
+    logits = route_logits(model, route, head, rows)
+    targets = torch.tensor([label_index[r.label] for r in rows], device=logits.device)
+    return float(nn.functional.cross_entropy(logits, targets))
 
 
 def accuracy(model: RoutedEncoder, route: Sequence[AdapterModule | None], head: nn.Linear,

@@ -4,7 +4,6 @@ I/O (load the live bank, write the tensors, publish)."""
 from __future__ import annotations
 
 import logging
-import math
 import time
 from dataclasses import dataclass
 
@@ -21,6 +20,7 @@ from worker.merging import merge_layer
 from worker.modules import AdapterModule
 from worker.pipeline import VersionWriter
 from worker.progress import JobClock, ProgressFn
+from worker.regression_gate import drop_tolerance
 from worker.routed_model import RoutedEncoder
 from worker.strategies.fit import TaskRows
 from worker.train_job import TrainerState, publish, stored_task_rows
@@ -33,14 +33,6 @@ class MergeOutput:
     manifest: BankManifest
     blobs: dict[str, bytes]
     result: JobResult
-
-
-def drop_tolerance(before: float, rows: int, floor: float = 0.01) -> float:
-    """The default largest allowed drop: 1 point or 2 binomial standard errors of the member's
-    held-out accuracy, whichever is larger (smaller held-out splits are noisier)."""
-    if rows <= 0 or math.isnan(before):
-        return floor
-    return max(floor, 2 * math.sqrt(max(before * (1 - before), 0.0) / rows))
 
 
 def averaged_head(heads: list[nn.Linear]) -> nn.Linear:

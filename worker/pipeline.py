@@ -29,6 +29,7 @@ from adapters_store.records import (
     Route,
 )
 from adapters_store.strategy_params import AnyParams
+from worker import regression_gate
 from worker.bank import LoadedVersion
 from worker.evaluation import accuracy, majority_share
 from worker.modules import AdapterModule, head_to_bytes, planned_params
@@ -132,8 +133,10 @@ def fit_task(model: RoutedEncoder, parent: LoadedVersion | None, spec: TrainSpec
     clock = JobClock(progress)
     ctx = FitContext(model=model, parent=parent, task_id=spec.task_id, train_rows=train,
                      labels=labels, params=spec.params, clock=clock, device=device,
-                     seed=spec.seed, task_rows=task_rows)
+                     seed=spec.seed, task_rows=task_rows, val_rows=val)
     fit = STRATEGIES[spec.params.strategy](ctx)
+    clock.note("checking earlier tasks")
+    regression_gate.check(ctx, fit)
     clock.note("evaluating")
     val_acc = accuracy(model, fit.route, fit.head, val, ctx.label_index)
     one = planned_params(spec.params.module_config(model.base.info.hidden_size,
@@ -235,7 +238,8 @@ def build_version(trained: TrainedTask, number: int) -> TrainOutput:
         val_rows=len(trained.val_rows), train_rows=len(trained.train_rows),
         majority_baseline=trained.majority, train_seconds=time.monotonic() - trained.started,
         layers=routes[spec.task_id].layers, decisions=fit.decisions, replayed=fit.replayed,
-        old_tasks=fit.old_tasks, strategy_params=spec.params, ham=fit.ham)
+        old_tasks=fit.old_tasks, strategy_params=spec.params, ham=fit.ham, gate=fit.gate,
+        replayed_rows=fit.replayed_rows)
     return TrainOutput(manifest=manifest, blobs=writer.blobs, result=result,
                        train_rows=trained.train_rows, val_rows=trained.val_rows, fit=fit)
 

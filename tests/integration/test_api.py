@@ -435,13 +435,15 @@ def test_adapters_show_shared_modules_and_totals(api: TestClient, registry: Regi
     assert body["live_version"] == "v1" and body["base_model"]["name"] == "tiny-bert"
     users = {m["id"]: m["users"] for m in body["modules"]}
     assert users == {"m-a": ["alpha", "beta"], "m-b": ["alpha"], "m-c": ["beta"]}
-    assert body["layers"] == [{"layer": 0, "modules": ["m-a"]},
-                              {"layer": 1, "modules": ["m-b", "m-c"]}]
+    assert body["layers"] == [
+        {"layer": 0, "modules": ["m-a"], "users": {"m-a": ["alpha", "beta"]}, "empty": []},
+        {"layer": 1, "modules": ["m-b", "m-c"], "users": {"m-b": ["alpha"], "m-c": ["beta"]},
+         "empty": []}]
     assert body["routes"]["alpha"] == {"layers": ["m-a", "m-b"], "labels": ["pos", "neg"],
                                        "params": 150, "head_params": 20,
                                        "full_route_params": 300, "strategy": "per_task",
                                        "merge": None}
-    assert body["totals"] == {"modules": 3, "tasks": 2, "adapter_params": 220,
+    assert body["totals"] == {"modules": 3, "shared_modules": 1, "tasks": 2, "adapter_params": 220,
                               "head_params": 40, "one_adapter_per_task_params": 600}
     detail = api.get("/v1/tasks/beta").json()
     assert detail["state"] == "ready" and detail["trained_in"] == "v1"

@@ -15,21 +15,26 @@ from worker.routing import Routing
 from worker.sequence import Sequence
 
 
-def test_same_data_again_reuses_old_modules(tmp_path) -> None:
+@pytest.mark.parametrize("decision", ["paper", "validation"])
+def test_same_data_again_reuses_old_modules(tmp_path, decision: str) -> None:
     seq = Sequence(tiny_model_layers(4), tmp_path, make_settings())
     rows = keyword_rows(30)
     first, _ = _add(seq, "colors", rows, "per_task")
-    manifest, fit = _add(seq, "colors-again", rows, search_learning_rate=0.05)
+    given: dict[str, object] = {"search_learning_rate": 0.05} if decision == "paper" else {}
+    manifest, fit = _add(seq, "colors-again", rows, decision=decision, **given)
     searched = [d for d in fit.decisions if not d.forced]
     assert len(searched) == 3
     reused = [d for d in searched if d.choice == "reuse"]
     assert len(reused) >= 2, fit.decisions
     assert all(d.choice == "new" for d in fit.decisions if d.forced)
     assert [d.layer for d in fit.decisions if d.choice == "new"] == [1]  # the forced one
-    assert all(set(d.weights) >= {"empty", "new"} for d in searched)
+    assert all(d.method == decision for d in searched)
+    scores = [d.weights if decision == "paper" else d.losses for d in searched]
+    assert all(set(s) >= {"empty", "new"} and len(s) == 3 for s in scores)
     route = manifest.routes["colors-again"]
     assert set(route.layers[i] for i in (0, 2, 3)) & set(manifest.routes["colors"].layers)
     assert fit.replayed == ["colors"]
+    assert fit.replayed_rows["colors"] > 0
 
 
 def test_zero_search_epochs_is_empty_except_forced(tmp_path) -> None:
@@ -56,6 +61,9 @@ def test_acm_has_no_empty_candidate(tmp_path) -> None:
 
 
 def _add(seq: Sequence, task_id: str, rows: list, strategy: str = "safm", **given: object):
+    # These tests pin the paper's logit search unless they name a decision.
+    if strategy in ("safm", "acm"):
+        given.setdefault("decision", "paper")
     out = seq.add(task_id, rows, strategy, **given)
     return out.manifest, out.result
 
@@ -169,3 +177,30 @@ def test_retraining_a_task_may_reuse_its_own_modules(tmp_path) -> None:
     assert fit.replayed == []
     assert set(manifest.routes) == {"colors"}
     assert len(manifest.modules) == 2  # tuned copies replace the originals
+
+
+def test_adaptive_replay_follows_how_much_of_each_path_is_reused() -> None:
+    from worker.strategies.tuning import replay_counts
+
+    assert replay_counts(100, ["a", "b"], 0.2, None) == {"a": 10, "b": 10}
+    # a's whole path is reused, b's at one layer in five: a replays as much as the new task
+    # trains, then both scale down to |D_new| in all; neither drops under the even split.
+    assert replay_counts(100, ["a", "b"], 0.2, {"a": 1.0, "b": 0.2}) == {"a": 83, "b": 16}
+    assert replay_counts(100, ["a"], 0.2, {"a": 0.5}) == {"a": 50}
+    assert replay_counts(100, ["a", "b"], 0.2, {"a": 0.0, "b": 0.0}) == {"a": 10, "b": 10}
+
+
+def test_budget_decision_scales_the_logit_rate_to_the_search_steps(tmp_path) -> None:
+    from worker.strategies.decision import PAPER_LOGIT_BUDGET
+
+    seq = Sequence(tiny_model_layers(2), tmp_path, make_settings())
+    seq.add("colors", keyword_rows(20), "per_task")
+    _, fit = _add(seq, "shades", keyword_rows(20, seed=3), decision="budget", search_epochs=2,
+                  forced_layers=[])
+    # 32 training rows (20% held out) in batches of 8: 4 steps an epoch, 8 search steps, so a
+    # logit may move by up to the paper's budget; each layer's logits left their start.
+    searched = [d for d in fit.decisions if not d.forced]
+    assert all(d.method == "budget" for d in searched)
+    moved = [max(abs(a - b) for a, b in zip(d.logits, (0.11, 0.08, -0.08), strict=True))
+             for d in searched]
+    assert all(0.1 * PAPER_LOGIT_BUDGET < m <= PAPER_LOGIT_BUDGET + 1e-6 for m in moved), moved

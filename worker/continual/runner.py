@@ -40,7 +40,8 @@ class RunConfig:
 
 
 def _decisions(decisions: list[LayerDecision]) -> list[dict[str, Any]]:
-    return [d.model_dump(include={"layer", "choice", "forced", "module", "weights"})
+    return [d.model_dump(include={"layer", "choice", "forced", "module", "weights", "method",
+                                  "losses"})
             for d in decisions]
 
 
@@ -83,6 +84,9 @@ def run_strategy(strategy: str, tasks: list[TaskData], model: RoutedEncoder, cfg
                 "bank_adapter_params": totals["adapter_params"],
                 "bank_head_params": totals["head_params"], "bank_modules": totals["modules"],
                 "decisions": _decisions(job.decisions), "replayed": job.replayed,
+                "replayed_rows": job.replayed_rows,
+                "gate": job.gate.model_dump() if job.gate else None,
+                "ham": job.ham.model_dump() if job.ham else None,
                 "old_tasks_val": {t: e.model_dump() for t, e in job.old_tasks.items()},
                 "strategy_params": manifest.routes[task.name].strategy_params.model_dump(),
             })

@@ -1,4 +1,5 @@
-"""SAFM's decision stage: per layer, a softmax mixture of empty / each old module / a new one."""
+"""SAFM's decision stage: per layer, empty / each old module / a new one, chosen by the paper's
+logit search (at its own rate, or at a rate scaled to the step count) or on held-out loss."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from torch import nn
 
 from adapters_store.model_families import PARALLEL
 from adapters_store.records import LayerDecision
+from worker.evaluation import mean_loss
 from worker.fit_loop import (
     Batch,
     Fit,
@@ -19,12 +21,22 @@ from worker.fit_loop import (
     steps_per_epoch,
 )
 from worker.modules import AdapterModule
+from worker.routing import Routing
 from worker.strategies.fit import FitContext
 
 EMPTY = "empty"
 NEW = "new"
 WARMUP = "warmup"
 SEARCH = "searching"
+# methods.md 1.3: ~2k search steps at 1.75e-4 move a logit by at most ~0.35 under AdamW, the
+# same order as the initial margins; "budget" keeps that product whatever the step count.
+PAPER_LOGIT_BUDGET = 2000 * 1.75e-4
+# The validation decision's warm-up trains the new module on this share of the steps at each
+# layer (the rest spread over empty and the old modules), so the new candidate it is compared
+# as is trained on as many rows as any other, and the head sees every candidate.
+NEW_SHARE = 0.5
+# Held-out rows the validation decision scores each candidate on (a seeded sample beyond it).
+DECISION_ROWS = 512
 
 
 @dataclass
@@ -106,7 +118,16 @@ def entropy(logits: torch.Tensor) -> torch.Tensor:
 def decision_steps(ctx: FitContext) -> dict[str, int]:
     p = ctx.search_params()
     per_epoch = steps_per_epoch(len(ctx.train_rows), p.batch_size)
-    return {WARMUP: per_epoch * p.warmup_epochs, SEARCH: per_epoch * p.search_epochs}
+    search = 0 if p.decision == "validation" else per_epoch * p.search_epochs
+    return {WARMUP: per_epoch * p.warmup_epochs, SEARCH: search}
+
+
+def search_learning_rate(ctx: FitContext) -> float:
+    """The logits' rate: the configured one, or (``budget``) the paper's budget over the steps."""
+    p = ctx.search_params()
+    if p.decision != "budget":
+        return p.search_learning_rate
+    return PAPER_LOGIT_BUDGET / max(1, decision_steps(ctx)[SEARCH])
 
 
 def run_decision(ctx: FitContext, layers: list[LayerSearch], new_modules: list[AdapterModule],
@@ -121,7 +142,7 @@ def run_decision(ctx: FitContext, layers: list[LayerSearch], new_modules: list[A
     groups = param_groups(new_modules, [head], p.learning_rate, p.head_learning_rate,
                           p.weight_decay)
     if logits:  # weight decay reaches the logits too in the authors' code
-        groups.append({"params": logits, "lr": p.search_learning_rate,
+        groups.append({"params": logits, "lr": search_learning_rate(ctx),
                        "weight_decay": p.weight_decay})
     total = sum(decision_steps(ctx).values())
     fit = Fit(ctx.model, ctx.clock, groups, total, warmup_fraction=None)
@@ -145,18 +166,90 @@ def run_decision(ctx: FitContext, layers: list[LayerSearch], new_modules: list[A
         lg.requires_grad_(False)
 
 
-def decide(layers: list[LayerSearch], new_modules: list[AdapterModule]
+def _sampled_route(layers: list[LayerSearch], rng: random.Random) -> list[AdapterModule | None]:
+    route: list[AdapterModule | None] = []
+    for search in layers:
+        others = len(search.modules) - 1  # the new module is the last candidate
+        pick = others if others == 0 or rng.random() < NEW_SHARE else rng.randrange(others)
+        route.append(search.modules[pick])
+    return route
+
+
+def run_sampled_warmup(ctx: FitContext, layers: list[LayerSearch],
+                       new_modules: list[AdapterModule], head: nn.Linear) -> None:
+    """Train the new modules and the head on single paths sampled per batch (one candidate per
+    layer), so each candidate can later be scored alone at full strength. Old modules stay
+    frozen; the rate is constant, as in the paper's decision stage."""
+    p = ctx.search_params()
+    set_trainable([*new_modules, head], True)
+    fit = Fit(ctx.model, ctx.clock, param_groups(new_modules, [head], p.learning_rate,
+                                                 p.head_learning_rate, p.weight_decay),
+              decision_steps(ctx)[WARMUP], warmup_fraction=None)
+    rng = random.Random(ctx.seed)
+    for epoch in range(p.warmup_epochs):
+        batches = (Batch(rows, Routing.uniform(_sampled_route(layers, rng)), head,
+                         ctx.label_index)
+                   for rows in shuffled_batches(ctx.train_rows, p.batch_size, rng))
+        fit.epoch(WARMUP, epoch, p.warmup_epochs, batches)
+    set_trainable([*new_modules, head], False)
+
+
+def choose_by_validation(ctx: FitContext, layers: list[LayerSearch], head: nn.Linear
+                         ) -> tuple[list[int], list[dict[str, float]]]:
+    """Per layer, bottom up, each candidate's held-out loss with the other layers as chosen so
+    far (starting from new everywhere). Among the candidates within ``decision_tolerance`` nats
+    of the all-new route, an old module wins (the lowest loss of them), then empty, then new:
+    reuse and empty add no parameters, and a reused module keeps training on the new task (its
+    owners replayed, the regression gate guarding them), so it gives the task at least what
+    empty would. Returns the chosen index and the losses per layer."""
+    p = ctx.search_params()
+    rows = ctx.val_rows or ctx.train_rows  # no held-out split (a direct call): training rows
+    if len(rows) > DECISION_ROWS:
+        rows = random.Random(ctx.seed).sample(rows, DECISION_ROWS)
+    chosen = [len(s.modules) - 1 for s in layers]
+
+    def loss_of(choice: list[int]) -> float:
+        return mean_loss(ctx.model, [s.modules[c] for s, c in zip(layers, choice, strict=True)],
+                         head, rows, ctx.label_index)
+
+    current = reference = loss_of(chosen)
+    ctx.clock.note("deciding")
+    all_losses: list[dict[str, float]] = []
+    for i, search in enumerate(layers):
+        if search.logits is None:
+            all_losses.append({})
+            continue
+        losses = [current if c == chosen[i] else loss_of([*chosen[:i], c, *chosen[i + 1:]])
+                  for c in range(len(search.modules))]
+        ok = [c for c in range(len(search.modules))
+              if losses[c] <= reference + p.decision_tolerance]
+        reuse = [c for c in ok if search.labels[c] not in (EMPTY, NEW)]
+        empty = [c for c in ok if search.labels[c] == EMPTY]
+        if reuse or empty:
+            chosen[i] = min(reuse, key=losses.__getitem__) if reuse else empty[0]
+            current = losses[chosen[i]]
+        all_losses.append({lbl: round(v, 6) for lbl, v in zip(search.labels, losses,
+                                                               strict=True)})
+    return chosen, all_losses
+
+
+def decide(layers: list[LayerSearch], new_modules: list[AdapterModule], method: str,
+           chosen: list[int] | None = None, losses: list[dict[str, float]] | None = None
            ) -> tuple[list[AdapterModule | None], list[AdapterModule], list[LayerDecision]]:
-    """argmax per layer; unselected new modules are dropped."""
+    """``chosen`` per layer (else the argmax of the logits); unselected new modules are dropped."""
     route: list[AdapterModule | None] = []
     kept: list[AdapterModule] = []
     decisions = []
-    for search, new in zip(layers, new_modules, strict=True):
+    for i, (search, new) in enumerate(zip(layers, new_modules, strict=True)):
+        weights: dict[str, float] = {}
         if search.logits is None:
-            idx, weights = 0, [1.0]
+            idx, weights = 0, {NEW: 1.0}
+        elif chosen is not None:
+            idx = chosen[i]
         else:
-            weights = torch.softmax(search.logits.detach(), -1).tolist()
-            idx = max(range(len(weights)), key=weights.__getitem__)
+            probs = torch.softmax(search.logits.detach(), -1).tolist()
+            idx = max(range(len(probs)), key=probs.__getitem__)
+            weights = {lbl: round(w, 6) for lbl, w in zip(search.labels, probs, strict=True)}
         label = search.labels[idx]
         choice = EMPTY if label == EMPTY else NEW if label == NEW else "reuse"
         route.append(search.modules[idx])
@@ -165,7 +258,9 @@ def decide(layers: list[LayerSearch], new_modules: list[AdapterModule]
         decisions.append(LayerDecision(
             layer=search.layer, choice=choice, forced=search.forced,
             module=label if choice == "reuse" else None,
-            weights={lbl: round(w, 6) for lbl, w in zip(search.labels, weights, strict=True)},
-            logits=[] if search.logits is None else [round(v, 6)
-                                                     for v in search.logits.tolist()]))
+            weights=weights,
+            logits=[] if search.logits is None or chosen is not None
+            else [round(v, 6) for v in search.logits.tolist()],
+            method=None if search.forced else method,
+            losses=losses[i] if losses is not None else {}))
     return route, kept, decisions

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from adapters_store.datasets import Row
-from adapters_store.records import HamReport, InputKind, LayerDecision, OldTaskEval
+from adapters_store.records import GateReport, HamReport, InputKind, LayerDecision, OldTaskEval
 from adapters_store.strategy_params import AnyParams, SearchParams
 from worker.bank import LoadedVersion
 from worker.evaluation import accuracy
@@ -49,6 +49,8 @@ class FitContext:
     device: torch.device
     seed: int
     task_rows: TaskRows = no_task_rows
+    # The task's held-out split (what SAFM's validation decision compares candidates on).
+    val_rows: list[Row] = field(default_factory=list)
 
     @property
     def label_index(self) -> dict[str, int]:
@@ -113,7 +115,10 @@ class FitResult:
     # earlier task -> its tuned head (replay batches train the replayed task's whole path)
     updated_heads: dict[str, nn.Linear] = field(default_factory=dict)
     replayed: list[str] = field(default_factory=list)
+    replayed_rows: dict[str, int] = field(default_factory=dict)
+    # Filled by the regression gate (worker.regression_gate), not by the strategy.
     old_tasks: dict[str, OldTaskEval] = field(default_factory=dict)
+    gate: GateReport | None = None
     # Routes the strategy derives for other task ids (HAM's task-agnostic route).
     extra_routes: dict[str, ExtraRoute] = field(default_factory=dict)
     ham: HamReport | None = None

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from adapters_store.records import HAM_ALL_TASK, HamReport, LayerDecision, OldTaskEval
+from adapters_store.records import HAM_ALL_TASK, HamReport, LayerDecision
 from adapters_store.strategy_params import HamParams
 from worker.ham_groups import merge_sets, prune_, similarity
 from worker.modules import AdapterModule, LoraPart
@@ -78,7 +78,6 @@ def fit_ham(ctx: FitContext) -> FitResult:
     routing = Routing([[Group(copies[g.module_ids[layer]], None) for g in groups]
                        + [Group(new[layer], None)] for layer in range(layers)])
     members = sorted(t for g in groups for t in g.members)
-    before = {t: ctx.current_accuracy(t) for t in members}
     plan = replay_paths(ctx, members, p.replay_ratio, copies)
     new_path = Path(ctx.task_id, list(new), head, ctx.label_index, routing,
                     extra=list(copies.values()))
@@ -104,9 +103,6 @@ def fit_ham(ctx: FitContext) -> FitResult:
         for layer, mid in enumerate(g.module_ids):
             updated[mid] = merged[layer] if g is target else copies[mid]
     heads = {t: path.head for t, path in plan.paths.items()}
-    route_of = {t: [updated[m] for m in g.module_ids] for g in groups for t in g.members}
-    old_tasks = {t: OldTaskEval(before=before[t], after=ctx.held_out_accuracy(
-        t, route_of[t], heads[t])) for t in members}
     rank_after = max(m.config.rank for m in merged)
     report = HamReport(
         group=index, new_group=opens, similarities={str(k): round(v, 6) for k, v in sims.items()},
@@ -120,7 +116,9 @@ def fit_ham(ctx: FitContext) -> FitResult:
     extra = _all_groups_route(ctx, groups, updated, merged if opens else None, heads, head)
     return FitResult(route=list(merged), new_modules=list(merged) if opens else [], head=head,
                      decisions=decisions, updated_modules=updated, updated_heads=heads,
-                     replayed=sorted(plan.rows), old_tasks=old_tasks, ham=report,
+                     replayed=sorted(plan.rows),
+                     replayed_rows={t: len(rows) for t, rows in sorted(plan.rows.items())},
+                     ham=report,
                      extra_routes=extra)
 
 

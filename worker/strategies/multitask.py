@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from adapters_store.records import LayerDecision, OldTaskEval
+from adapters_store.records import LayerDecision
 from worker.strategies.fit import FitContext, FitResult, shared_set
 from worker.strategies.tuning import Path, ReplayPlan, run_tuning
 
@@ -17,20 +17,17 @@ def fit_multitask(ctx: FitContext) -> FitResult:
     ids, members = shared_set(ctx)
     route = [ctx.new_module(layer) for layer in range(ctx.num_layers)]
     plan = ReplayPlan(copies=dict(zip(ids, route, strict=True)) if ids else {})
-    before = {}
     for task_id in members:
         runtime = ctx.parent.tasks[task_id]  # type: ignore[union-attr]
-        before[task_id] = ctx.current_accuracy(task_id)
         plan.paths[task_id] = Path(task_id, list(route), ctx.new_head(len(runtime.labels)),
                                    runtime.label_index)
         plan.rows[task_id] = list(ctx.task_rows(task_id)[0])
     head = ctx.new_head()
     run_tuning(ctx, Path(ctx.task_id, list(route), head, ctx.label_index), plan, route,
                layer_loss_weight=0.0)
-    old_tasks = {t: OldTaskEval(before=before[t], after=ctx.held_out_accuracy(
-        t, list(route), plan.paths[t].head)) for t in members}
     decisions = [LayerDecision(layer=layer, choice="new") for layer in range(ctx.num_layers)]
     return FitResult(route=list(route), new_modules=[] if ids else list(route), head=head,
                      decisions=decisions, updated_modules=plan.copies,
                      updated_heads={t: p.head for t, p in plan.paths.items()},
-                     replayed=sorted(plan.paths), old_tasks=old_tasks)
+                     replayed=sorted(plan.paths),
+                     replayed_rows={t: len(rows) for t, rows in sorted(plan.rows.items())})

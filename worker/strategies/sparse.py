@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from adapters_store.records import LayerDecision, OldTaskEval
+from adapters_store.records import LayerDecision
 from adapters_store.strategy_params import SparseParams
 from worker.fit_loop import Batch, batch_loss
 from worker.merging import merge_layer
@@ -43,19 +43,15 @@ def fit_sparse_merged(ctx: FitContext) -> FitResult:
     the new set and keeps its own head; the new head was trained on the expert, as in the
     paper's merging setting, so the accuracies recorded are the merged model's."""
     expert = fit_sparse(ctx)
-    ids, members = shared_set(ctx)
+    ids, _ = shared_set(ctx)
     if not ids:
         return expert
-    before = {t: ctx.current_accuracy(t) for t in members}
     merged = [merge_layer([ctx.module(mid), new], "uniform_sparse", ctx.model.intermediate_size)
               for mid, new in zip(ids, expert.new_modules, strict=True)]
     route = [m for m in merged if m is not None]
     if len(route) != ctx.num_layers:
         raise RuntimeError("a sparse merge lost a layer")
-    old_tasks = {t: OldTaskEval(before=before[t], after=ctx.held_out_accuracy(
-        t, list(route), ctx.parent.tasks[t].head)) for t in members}  # type: ignore[union-attr]
     decisions = [LayerDecision(layer=layer, choice="reuse", module=ids[layer])
                  for layer in range(ctx.num_layers)]
     return FitResult(route=list(route), new_modules=list(route), head=expert.head,
-                     decisions=decisions, updated_modules=dict(zip(ids, route, strict=True)),
-                     old_tasks=old_tasks)
+                     decisions=decisions, updated_modules=dict(zip(ids, route, strict=True)))

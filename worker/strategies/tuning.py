@@ -54,22 +54,49 @@ class ReplayPlan:
     copies: dict[str, AdapterModule] = field(default_factory=dict)  # old id -> working copy
 
 
-def plan_replay(ctx: FitContext, reused: set[str], replay_ratio: float) -> ReplayPlan:
+def plan_replay(ctx: FitContext, reused: set[str], replay_ratio: float,
+                adaptive: bool = False) -> ReplayPlan:
     """Tasks whose routes share one of the ``reused`` module ids; working copies of every module
-    on their paths; ceil(ratio·|D_new|) stored training rows split evenly across them."""
+    on their paths; their stored training rows (``replay_counts``)."""
     plan = ReplayPlan()
     parent = ctx.parent
     if parent is None or not reused:
         return plan
     replayed = sorted(t for t, r in parent.tasks.items()
                       if t != ctx.task_id and reused & {i for i in r.module_ids if i is not None})
-    return replay_paths(ctx, replayed, replay_ratio)
+    shares = None
+    if adaptive:
+        shares = {}
+        for task_id in replayed:
+            ids = [i for i in parent.tasks[task_id].module_ids if i is not None]
+            shares[task_id] = sum(i in reused for i in ids) / len(ids)
+    return replay_paths(ctx, replayed, replay_ratio, shares=shares)
+
+
+def replay_counts(new_rows: int, replayed: list[str], ratio: float,
+                  shares: dict[str, float] | None) -> dict[str, int]:
+    """Rows to replay per task: ceil(ratio·|D_new|) split evenly; with ``shares`` (the fraction
+    of each task's path this job reuses) at least share·|D_new| each, scaled down to |D_new|
+    in all. A task whose whole path is retrained then replays as many rows as the new task
+    trains (olora1 needed ratio 1.0 once the search reused: findings), one sharing a layer few."""
+    total = math.ceil(ratio * new_rows)
+    even = {t: total // len(replayed) + (1 if n < total % len(replayed) else 0)
+            for n, t in enumerate(replayed)}
+    if shares is None:
+        return even
+    want = {t: max(even[t], math.ceil(shares[t] * new_rows)) for t in replayed}
+    cap = max(total, new_rows)
+    if sum(want.values()) > cap:
+        scale = cap / sum(want.values())
+        want = {t: max(even[t], math.floor(n * scale)) for t, n in want.items()}
+    return want
 
 
 def replay_paths(ctx: FitContext, replayed: list[str], replay_ratio: float,
-                 copies: dict[str, AdapterModule] | None = None) -> ReplayPlan:
+                 copies: dict[str, AdapterModule] | None = None,
+                 shares: dict[str, float] | None = None) -> ReplayPlan:
     """Paths over working copies (``copies`` first, then fresh ones) for ``replayed`` tasks, and
-    ceil(ratio·|D_new|) of their stored training rows, split evenly."""
+    their stored training rows (``replay_counts``)."""
     plan = ReplayPlan(copies=dict(copies or {}))
     parent = ctx.parent
     if parent is None or not replayed:
@@ -82,12 +109,11 @@ def replay_paths(ctx: FitContext, replayed: list[str], replay_ratio: float,
         plan.paths[task_id] = Path(
             task_id, [None if mid is None else plan.copies[mid] for mid in runtime.module_ids],
             copy.deepcopy(runtime.head), runtime.label_index)
-    total = math.ceil(replay_ratio * len(ctx.train_rows))
+    counts = replay_counts(len(ctx.train_rows), replayed, replay_ratio, shares)
     rng = random.Random(ctx.seed)
-    for n, task_id in enumerate(replayed):
-        want = total // len(replayed) + (1 if n < total % len(replayed) else 0)
+    for task_id in replayed:
         train_rows, _ = ctx.task_rows(task_id)
-        plan.rows[task_id] = rng.sample(train_rows, min(want, len(train_rows)))
+        plan.rows[task_id] = rng.sample(train_rows, min(counts[task_id], len(train_rows)))
     return plan
 
 
