@@ -217,7 +217,38 @@ def plots(payload: dict[str, Any], out: Path, base: str, preferred: tuple[str, .
     scatter = out / f"{base}-params.png"
     fig.savefig(scatter, dpi=110, bbox_inches="tight")
     plt.close(fig)
-    return [matrices, scatter]
+    return [matrices, scatter, growth_plot(payload, out, base, names)]
+
+
+def growth_plot(payload: dict[str, Any], out: Path, base: str, names: list[str]) -> Path:
+    """Stored adapter parameters and Average over the tasks so far, after each task: whether a
+    bank levels off while accuracy holds."""
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.8))
+    for k, s in enumerate(names):
+        style = {"marker": "o", "ms": 3, "label": s, "ls": "-" if k < 10 else "--"}
+        r = payload["results"][s]
+        steps = r["steps"]
+        xs = list(range(1, len(steps) + 1))
+        left.plot(xs, [st["bank_adapter_params"] / 1e6 for st in steps], **style)
+        avg = [100 * sum(v for v in row[:i + 1] if v is not None) / (i + 1)
+               for i, row in enumerate(r["matrix"][:len(steps)])]
+        right.plot(xs, avg, **style)
+    left.set_xlabel("tasks trained")
+    left.set_ylabel("adapter parameters in the bank (millions)")
+    right.set_xlabel("tasks trained")
+    right.set_ylabel("Average test accuracy over the tasks so far %")
+    for ax in (left, right):
+        ax.grid(True, alpha=0.3)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    right.legend(fontsize=8)
+    fig.suptitle(f"{payload['sequence']} ({payload['preset']['name']}): growth", fontsize=10)
+    path = out / f"{base}-growth.png"
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return path
 
 
 def render(path: Path, preferred: tuple[str, ...], with_plots: bool = True) -> list[Path]:
