@@ -19,15 +19,22 @@ def items_of(rows: Sequence[Row]) -> list[InputItem]:
 
 
 @torch.no_grad()
+def route_features(model: RoutedEncoder, route: Sequence[AdapterModule | None],
+                   rows: Sequence[Row], device: torch.device, batch_size: int = 64
+                   ) -> torch.Tensor:
+    """The pooled sentence vector of each row along one route (rows × hidden)."""
+    routing = Routing.uniform(list(route))
+    out = [model.embed(model.base.tokenize(items_of(rows[start:start + batch_size]), device),
+                       routing) for start in range(0, len(rows), batch_size)]
+    return torch.cat(out) if out else torch.zeros(0, model.base.info.hidden_size, device=device)
+
+
+@torch.no_grad()
 def route_logits(model: RoutedEncoder, route: Sequence[AdapterModule | None], head: nn.Linear,
                  rows: Sequence[Row], batch_size: int = 64) -> torch.Tensor:
     """The head's logits for each row along one route (rows × classes)."""
     device = next(head.parameters()).device
-    routing = Routing.uniform(list(route))
-    out = [head(model.embed(model.base.tokenize(items_of(rows[start:start + batch_size]),
-                                                device), routing))
-           for start in range(0, len(rows), batch_size)]
-    return torch.cat(out) if out else torch.zeros(0, head.out_features, device=device)
+    return head(route_features(model, route, rows, device, batch_size))
 
 
 def predict_route(model: RoutedEncoder, route: Sequence[AdapterModule | None], head: nn.Linear,

@@ -135,3 +135,28 @@ def test_ham_sequence_groups_versions_and_task_agnostic_route() -> None:
         assert agnostic.ham_group is None
         ranks = [v3.modules[m].config.rank for m in agnostic.layers]
         assert ranks == [8 + 16] * model.num_layers  # group ranks 8 and 16, concatenated
+
+
+def test_refit_head_fits_the_route_it_will_be_served_on() -> None:
+    from adapters_store.strategy_params import StrategyOverrides, resolve
+    from worker.evaluation import mean_loss
+    from worker.progress import JobClock
+    from worker.strategies.fit import FitContext, refit_head
+
+    model = tiny_model()
+    rows = keyword_rows(20)
+    labels = sorted({r.label for r in rows})
+    params = resolve("ham", StrategyOverrides(), make_settings(), model.num_layers)
+    ctx = FitContext(model=model, parent=None, task_id="colors", train_rows=rows, labels=labels,
+                     params=params, clock=JobClock(lambda _: None), device=CPU, seed=0)
+    # A head fitted beside one module set, then served on another (here: the bare base).
+    route = [_ham_module(layer, seed=layer) for layer in range(model.num_layers)]
+    head = ctx.new_head()
+    index = ctx.label_index
+    refit_head(ctx, route, head, rows, index)
+    bare = [None] * model.num_layers
+    before = mean_loss(model, bare, head, rows, index)
+    weight = head.weight.clone()
+    refit_head(ctx, bare, head, rows, index)
+    assert mean_loss(model, bare, head, rows, index) < before
+    assert not torch.equal(weight, head.weight) and not head.weight.requires_grad

@@ -13,7 +13,7 @@ from adapters_store.datasets import Row
 from adapters_store.records import GateReport, HamReport, InputKind, LayerDecision, OldTaskEval
 from adapters_store.strategy_params import AnyParams, SearchParams
 from worker.bank import LoadedVersion
-from worker.evaluation import accuracy
+from worker.evaluation import accuracy, route_features
 from worker.fit_loop import (
     Batch,
     Fit,
@@ -154,6 +154,30 @@ def train_plain(ctx: FitContext, route: Route, head: nn.Linear, stage: str = "tr
             batches = _hooked(batches, epoch, before_step)
         fit.epoch(stage, epoch, p.epochs, batches)
     set_trainable([*modules, head], False)
+
+
+def refit_head(ctx: FitContext, route: Route, head: nn.Linear, rows: Sequence[Row],
+               label_index: dict[str, int], epochs: int = 10) -> None:
+    """Fit ``head`` (in place, from where it is) to the features ``route`` gives ``rows``: for a
+    head trained beside other modules than it will be served with (HAM trains a task beside
+    every group, then serves it from its merged group). The route stays frozen, so the features
+    are computed once and only the head steps."""
+    p = ctx.params
+    device = next(head.parameters()).device
+    features = route_features(ctx.model, route, rows, device)
+    targets = torch.tensor([label_index[r.label] for r in rows], device=device)
+    rng = torch.Generator().manual_seed(ctx.seed)
+    optimizer = torch.optim.AdamW(head.parameters(), lr=p.head_learning_rate, weight_decay=0.0)
+    head.requires_grad_(True)
+    for _ in range(epochs):
+        order = torch.randperm(len(rows), generator=rng).to(device)
+        for start in range(0, len(rows), p.batch_size):
+            idx = order[start:start + p.batch_size]
+            loss = nn.functional.cross_entropy(head(features[idx]), targets[idx])
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+    head.requires_grad_(False)
 
 
 def _hooked(batches: Iterator[Batch], epoch: int, hook: StepHook) -> Iterator[Batch]:

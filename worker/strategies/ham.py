@@ -15,7 +15,7 @@ from adapters_store.strategy_params import HamParams
 from worker.ham_groups import merge_sets, prune_, similarity
 from worker.modules import AdapterModule, LoraPart
 from worker.routing import Group, Routing
-from worker.strategies.fit import ExtraRoute, FitContext, FitResult
+from worker.strategies.fit import ExtraRoute, FitContext, FitResult, refit_head
 from worker.strategies.tuning import Path, replay_paths, run_tuning
 
 
@@ -103,6 +103,12 @@ def fit_ham(ctx: FitContext) -> FitResult:
         for layer, mid in enumerate(g.module_ids):
             updated[mid] = merged[layer] if g is target else copies[mid]
     heads = {t: path.head for t, path in plan.paths.items()}
+    # The task and its group's members are served from the merged group alone, not beside every
+    # group as they trained: their heads are fitted to what serving computes.
+    refit_head(ctx, list(merged), head, ctx.train_rows, ctx.label_index)
+    for t in target.members if target else []:
+        refit_head(ctx, list(merged), heads[t], ctx.task_rows(t)[0][:len(ctx.train_rows)],
+                   ctx.parent.tasks[t].label_index)  # type: ignore[union-attr]
     rank_after = max(m.config.rank for m in merged)
     report = HamReport(
         group=index, new_group=opens, similarities={str(k): round(v, 6) for k, v in sims.items()},
