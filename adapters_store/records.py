@@ -253,6 +253,8 @@ class JobResult(Record):
     gate: GateReport | None = None
     replayed_rows: dict[str, int] = Field(default_factory=dict,
                                           description="stored training rows replayed per task")
+    stage_seconds: dict[str, float] = Field(default_factory=dict,
+                                            description="wall seconds per stage of the job")
 
 
 class JobRecord(Record):

@@ -239,7 +239,7 @@ def build_version(trained: TrainedTask, number: int) -> TrainOutput:
         majority_baseline=trained.majority, train_seconds=time.monotonic() - trained.started,
         layers=routes[spec.task_id].layers, decisions=fit.decisions, replayed=fit.replayed,
         old_tasks=fit.old_tasks, strategy_params=spec.params, ham=fit.ham, gate=fit.gate,
-        replayed_rows=fit.replayed_rows)
+        replayed_rows=fit.replayed_rows, stage_seconds=trained.clock.stage_seconds())
     return TrainOutput(manifest=manifest, blobs=writer.blobs, result=result,
                        train_rows=trained.train_rows, val_rows=trained.val_rows, fit=fit)
 

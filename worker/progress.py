@@ -47,6 +47,21 @@ class JobClock:
         self.stage: str | None = None
         self.train_s = 0.0
         self._last = 0.0
+        self.seconds: dict[str, float] = {}  # wall time per stage, notes included
+        self._since = time.monotonic()
+
+    def _switch(self, stage: str) -> None:
+        now = time.monotonic()
+        if self.stage is not None:
+            self.seconds[self.stage] = self.seconds.get(self.stage, 0.0) + now - self._since
+        self._since = now
+
+    def stage_seconds(self) -> dict[str, float]:
+        """Seconds spent in each stage so far (the profile a job result carries)."""
+        out = dict(self.seconds)
+        if self.stage is not None:
+            out[self.stage] = out.get(self.stage, 0.0) + time.monotonic() - self._since
+        return {k: round(v, 2) for k, v in out.items()}
 
     @property
     def total(self) -> int:
@@ -62,6 +77,7 @@ class JobClock:
     def begin(self, stage: str) -> None:
         """Start timing ``stage``; the loss average restarts with it."""
         self.planned.setdefault(stage, 0)
+        self._switch(stage)
         self.stage, self.loss = stage, None
         self._last = time.monotonic()
 
@@ -79,5 +95,6 @@ class JobClock:
 
     def note(self, stage: str) -> None:
         """A stage without training steps (evaluating, publishing)."""
+        self._switch(stage)
         self.stage = stage
         self.report(Progress(stage, 0, 0, self.steps, self.total, 0, 0, None, None))

@@ -35,6 +35,9 @@ def test_same_data_again_reuses_old_modules(tmp_path, decision: str) -> None:
     assert set(route.layers[i] for i in (0, 2, 3)) & set(manifest.routes["colors"].layers)
     assert fit.replayed == ["colors"]
     assert fit.replayed_rows["colors"] > 0
+    stages = {"warmup", "tuning", "checking earlier tasks", "evaluating"}
+    stages |= {"searching"} if decision == "paper" else {"deciding"}
+    assert set(fit.stage_seconds) == stages and all(v >= 0 for v in fit.stage_seconds.values())
 
 
 def test_zero_search_epochs_is_empty_except_forced(tmp_path) -> None:

@@ -84,7 +84,7 @@ def run_strategy(strategy: str, tasks: list[TaskData], model: RoutedEncoder, cfg
                 "bank_adapter_params": totals["adapter_params"],
                 "bank_head_params": totals["head_params"], "bank_modules": totals["modules"],
                 "decisions": _decisions(job.decisions), "replayed": job.replayed,
-                "replayed_rows": job.replayed_rows,
+                "replayed_rows": job.replayed_rows, "stage_seconds": job.stage_seconds,
                 "gate": job.gate.model_dump() if job.gate else None,
                 "ham": job.ham.model_dump() if job.ham else None,
                 "old_tasks_val": {t: e.model_dump() for t, e in job.old_tasks.items()},
