@@ -241,6 +241,19 @@ def test_safm_sequence_through_the_service(stack: dict, registry: Registry) -> N
     detail = httpx.get(f"{url}/v1/tasks/colors-b").json()
     assert detail["route"]["layers"] is not None
     assert len(httpx.get(f"{url}/v1/bank/versions").json()["history"]) == 3
+    # colors-b is colors again: the validation decision and the gate's table reach the task.
+    result = detail["jobs"][-1]["result"]
+    assert {d["method"] for d in result["decisions"] if not d["forced"]} == {"validation"}
+    gate = result["gate"]
+    assert gate["mode"] == "fallback" and gate["outcome"] in ("passed", "fallback", "unchecked")
+    assert set(gate["checks"]) == set(result["old_tasks"])
+    for task, check in gate["checks"].items():
+        final = result["old_tasks"][task]
+        assert final["after"] >= final["before"] - check["tolerance"] - 1e-9
+    for layer in bank["layers"]:
+        assert set(layer["users"]) == set(layer["modules"])
+        assert set(layer["empty"]) | {t for u in layer["users"].values() for t in u} == \
+            set(seeds)
 
 
 def test_strategy_parameters_are_validated_per_upload(stack: dict) -> None:
