@@ -11,7 +11,7 @@ import numpy as np
 from safetensors.numpy import load as st_load
 from safetensors.numpy import save as st_save
 
-from adapters_store.blobstore import BlobStore
+from adapters_store.blobstore import Blobs
 from adapters_store.errors import InvalidInput
 from adapters_store.model_families import family_of
 from adapters_store.module_config import HamConfig, LoraConfig
@@ -20,7 +20,7 @@ from adapters_store.records import BankManifest
 EXPORTABLE = ("lora", "ham")
 
 
-def peft_zip(manifest: BankManifest, task_id: str, blobs: BlobStore) -> bytes:
+def peft_zip(manifest: BankManifest, task_id: str, blobs: Blobs) -> bytes:
     """The zip for ``task_id``'s live route; InvalidInput when the route is not LoRA-shaped.
 
     Every layer's module must be LoRA (or HAM, whose per-target gain is folded into B) with one

@@ -28,6 +28,17 @@ class Settings(BaseSettings):
     redis_url: str = "redis://127.0.0.1:6379/0"
     key_prefix: str = Field("adapterd", pattern=r"^[A-Za-z0-9_.:-]{1,64}$")
     data_dir: Path = Path("var/data")
+    # Where tensors and datasets live: "local" (data_dir/blobs; hosts share it as a directory)
+    # or "s3" (an S3-compatible bucket, e.g. MinIO; every host caches what it reads in
+    # blob_cache_dir, default data_dir/blob-cache: blobs never change, so the cache is safe).
+    blob_backend: Literal["local", "s3"] = "local"
+    s3_bucket: str | None = None
+    s3_prefix: str = ""
+    s3_endpoint_url: str | None = None
+    s3_region: str | None = None
+    s3_access_key_id: SecretStr | None = None
+    s3_secret_access_key: SecretStr | None = None
+    blob_cache_dir: Path | None = None
 
     # Logging (every process)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"

@@ -34,7 +34,7 @@ RUN groupadd --system --gid 10001 adapterd \
     && chown adapterd:adapterd /data
 
 COPY --from=build /wheels /wheels
-RUN pip install --no-cache-dir /wheels/*.whl \
+RUN pip install --no-cache-dir "$(ls /wheels/adapterd-*.whl)[s3]" \
     && rm -rf /wheels \
     && python -c "import sys, service.app; assert 'torch' not in sys.modules"
 

@@ -41,7 +41,7 @@ RUN groupadd --system --gid 10001 adapterd \
 RUN pip install --no-cache-dir --index-url https://download.pytorch.org/whl/cpu "torch==${TORCH_VERSION}"
 
 COPY --from=build /wheels /wheels
-RUN pip install --no-cache-dir "$(ls /wheels/adapterd-*.whl)[worker]" \
+RUN pip install --no-cache-dir "$(ls /wheels/adapterd-*.whl)[worker,s3]" \
     && rm -rf /wheels \
     && python -c "import torch; assert not torch.version.cuda, torch.version.cuda"
 

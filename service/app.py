@@ -8,7 +8,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
-from adapters_store.blobstore import BlobStore
+from adapters_store.blobstore import open_blob_store
 from adapters_store.keys import Keys
 from adapters_store.logs import configure_logging
 from adapters_store.redis_client import async_client, sync_client
@@ -38,7 +38,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     try:
         registry.ensure_groups()
         app.state.registry = registry
-        app.state.blobs = BlobStore(settings.data_dir / "blobs")
+        app.state.blobs = open_blob_store(settings)
         app.state.live = LiveView(registry, aclient)
         app.state.inference = inference
         app.state.metrics = Metrics(registry)

@@ -6,7 +6,7 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
-from adapters_store.blobstore import BlobStore
+from adapters_store.blobstore import Blobs
 from adapters_store.registry import Registry
 from adapters_store.settings import Settings
 from service.inference_client import InferenceClient
@@ -22,7 +22,7 @@ def get_registry(request: Request) -> Registry:
     return request.app.state.registry
 
 
-def get_blobs(request: Request) -> BlobStore:
+def get_blobs(request: Request) -> Blobs:
     return request.app.state.blobs
 
 
@@ -40,7 +40,7 @@ def get_metrics(request: Request) -> Metrics:
 
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 RegistryDep = Annotated[Registry, Depends(get_registry)]
-BlobsDep = Annotated[BlobStore, Depends(get_blobs)]
+BlobsDep = Annotated[Blobs, Depends(get_blobs)]
 InferenceDep = Annotated[InferenceClient, Depends(get_inference)]
 LiveDep = Annotated[LiveView, Depends(get_live)]
 MetricsDep = Annotated[Metrics, Depends(get_metrics)]

@@ -11,7 +11,7 @@ from fastapi import Request
 from pydantic import ValidationError
 from starlette.datastructures import UploadFile
 
-from adapters_store.blobstore import BlobStore
+from adapters_store.blobstore import Blobs
 from adapters_store.datasets import (
     DEFAULT_FIELDS,
     FieldMap,
@@ -154,7 +154,7 @@ def strategy_overrides(registry: Registry, settings: Settings, strategy: str,
 
 
 def accept_dataset(
-    registry: Registry, blobs: BlobStore, settings: Settings, task_id: str, upload: Upload,
+    registry: Registry, blobs: Blobs, settings: Settings, task_id: str, upload: Upload,
     strategy: str, params: dict[str, object], fields: FieldMap = DEFAULT_FIELDS,
 ) -> tuple[DatasetRecord, JobRecord]:
     """Validate fully, then store the blob, record the dataset and enqueue its job (blocking I/O

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from adapters_store.blobstore import BlobStore
+from adapters_store.blobstore import Blobs
 from adapters_store.records import BankManifest, InputKind
 from worker.modules import AdapterModule, head_from_bytes
 
@@ -53,7 +53,7 @@ class LoadedBank:
     swap only loads what the new version adds. The newest ``keep`` versions stay servable.
     """
 
-    def __init__(self, blobs: BlobStore, device: torch.device, keep: int = 2,
+    def __init__(self, blobs: Blobs, device: torch.device, keep: int = 2,
                  dtype: torch.dtype = torch.float32) -> None:
         self.blobs = blobs
         self.device = device

@@ -12,7 +12,7 @@ import uuid
 import redis
 import torch
 
-from adapters_store.blobstore import BlobStore
+from adapters_store.blobstore import Blobs, open_blob_store
 from adapters_store.keys import Keys
 from adapters_store.redis_client import sync_client
 from adapters_store.registry import Registry
@@ -48,7 +48,7 @@ class GracefulStop:
         return self.event.is_set()
 
 
-def connect(settings: Settings) -> tuple[redis.Redis, Registry, BlobStore]:
+def connect(settings: Settings) -> tuple[redis.Redis, Registry, Blobs]:
     client = sync_client(settings.redis_url)
     registry = Registry(client, Keys(settings.key_prefix))
     # A worker that starts while Redis is away waits for it rather than crash-looping.
@@ -65,7 +65,7 @@ def connect(settings: Settings) -> tuple[redis.Redis, Registry, BlobStore]:
                                                 exc, delay)
             time.sleep(delay)
             delay = min(2 * delay, 5.0)
-    return client, registry, BlobStore(settings.data_dir / "blobs")
+    return client, registry, open_blob_store(settings)
 
 
 def build_model(settings: Settings) -> tuple[RoutedEncoder, torch.device]:

@@ -10,7 +10,7 @@ from functools import cache
 import torch
 from pydantic import ValidationError
 
-from adapters_store.blobstore import BlobStore
+from adapters_store.blobstore import Blobs
 from adapters_store.datasets import Row, load_rows
 from adapters_store.errors import InvalidInput
 from adapters_store.records import BankManifest, JobRecord, JobResult
@@ -32,7 +32,7 @@ class TrainerState:
 
     settings: Settings
     registry: Registry
-    blobs: BlobStore
+    blobs: Blobs
     model: RoutedEncoder
     bank: LoadedBank
     device: torch.device

@@ -194,3 +194,24 @@ def test_dockerignore_keeps_local_state_and_tests_out() -> None:
     }
     assert {".git", ".venv", "var", "tests", "**/__pycache__"} <= entries
     assert not entries & {"README.md", "pyproject.toml", "service", "worker"}
+
+
+def test_s3_profile_adds_minio_and_switches_the_blob_backend() -> None:
+    done = subprocess.run(
+        [str(compose_binary()), "--project-directory", str(ROOT), "-f", str(COMPOSE_FILE),
+         "--profile", "s3", "config", "--format", "json"],
+        capture_output=True, text=True, timeout=60,
+        env={**os.environ, "ADAPTERD_BLOB_BACKEND": "s3"})
+    assert done.returncode == 0, done.stderr
+    services = json.loads(done.stdout)["services"]
+    assert {"minio", "minio-init"} <= set(services)
+    assert services["minio"]["image"].startswith("minio/minio:RELEASE.")
+    for name in DATA_USERS:
+        env = _env(services[name])
+        assert env["ADAPTERD_BLOB_BACKEND"] == "s3"
+        assert env["ADAPTERD_S3_ENDPOINT_URL"] == "http://minio:9000"
+        assert env["ADAPTERD_S3_BUCKET"] == "adapterd"
+
+
+def test_default_compose_keeps_blobs_on_the_shared_volume(services: dict[str, Any]) -> None:
+    assert all(_env(services[n])["ADAPTERD_BLOB_BACKEND"] == "local" for n in DATA_USERS)
