@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import logging
+from typing import Annotated
 
 import redis
-from fastapi import APIRouter, Response
+from fastapi import APIRouter, Query, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from service.deps import MetricsDep, RegistryDep
@@ -22,7 +23,9 @@ async def healthz() -> Health:
 
 
 @router.get("/readyz", response_model=Ready, responses={503: {"model": ErrorResponse}})
-def readyz(registry: RegistryDep) -> Ready:
+def readyz(registry: RegistryDep, need_worker: Annotated[bool, Query(
+        description="false: ready once Redis answers (an orchestrator's probe, so that the "
+        "API takes traffic while workers scale from zero)")] = True) -> Ready:
     # Not cached: a probe must see a worker the moment it beats, and go unready when it stops.
     try:
         registry.r.ping()
@@ -32,7 +35,7 @@ def readyz(registry: RegistryDep) -> Ready:
         logger.warning("readiness: Redis unreachable: %s", exc)
         raise NotReady("Redis is unreachable", {"missing": ["redis"], "redis": "unreachable",
                                                 "inference_workers": None}) from exc
-    if workers == 0:
+    if workers == 0 and need_worker:
         raise NotReady("no inference worker is alive",
                        {"missing": ["inference_worker"], "redis": "ok", "inference_workers": 0})
     return Ready(status="ready", redis="ok", inference_workers=workers, live_version=live)

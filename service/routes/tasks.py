@@ -168,8 +168,9 @@ async def predict(
     items = _inputs(body, settings.max_inputs_per_request, settings.max_input_chars)
     route = await _route_for(task_id, body.version, live, registry)
     _check_kind(route, items)
-    if not await live.inference_worker_alive():
-        raise NoWorker("no inference worker is alive", {"task_id": task_id})
+    if not await live.wait_for_inference_worker(settings.worker_wait_s):
+        raise NoWorker("no inference worker is alive", {"task_id": task_id,
+                                                        "waited_s": settings.worker_wait_s})
     reply = await inference.predict(task_id, items, version=body.version,
                                     http_request_id=request_id_of(request))
     if reply.outputs is None or len(reply.outputs) != len(items):

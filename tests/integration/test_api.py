@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -312,6 +313,25 @@ def test_predict_without_worker_is_503(api: TestClient, registry: Registry) -> N
     assert_error(api.post("/v1/tasks/alpha/predict", json={"inputs": ["hi"]}), 503, "no_worker")
 
 
+def test_predict_waits_for_a_worker_to_appear(settings: Settings, registry: Registry) -> None:
+    """With worker_wait_s (an autoscaler starting the first worker) a request waits for a
+    heartbeat instead of failing at once, and fails after the wait if none comes."""
+    registry.publish(make_manifest(), reason="test")
+    with client_for(settings, worker_wait_s=0.6, request_timeout_s=2.0) as client:
+        started = time.monotonic()
+        error = assert_error(client.post("/v1/tasks/alpha/predict", json={"inputs": ["hi"]}),
+                             503, "no_worker")
+        assert time.monotonic() - started >= 0.6 and error["details"]["waited_s"] == 0.6
+        timer = threading.Timer(0.3, lambda: registry.beat(inference_heartbeat(), ttl_s=5))
+        timer.start()
+        started = time.monotonic()
+        # The worker beats while the request waits; nothing answers the stream here, so the
+        # request gets past the wait and times out instead of failing at once.
+        assert_error(client.post("/v1/tasks/alpha/predict", json={"inputs": ["hi"]}), 504,
+                     "timeout")
+        timer.join()
+
+
 def test_predict_validates_inputs(settings: Settings, registry: Registry) -> None:
     registry.publish(make_manifest(), reason="test")
     registry.beat(inference_heartbeat(), ttl_s=5)
@@ -404,6 +424,9 @@ def test_health_readiness_and_metrics(api: TestClient, registry: Registry) -> No
     assert api.get("/healthz").json() == {"status": "ok"}
     error = assert_error(api.get("/readyz"), 503, "not_ready")
     assert error["details"]["missing"] == ["inference_worker"]
+    # An orchestrator's probe asks for Redis only, so the API takes traffic while workers start.
+    store_only = api.get("/readyz", params={"need_worker": "false"})
+    assert store_only.status_code == 200 and store_only.json()["inference_workers"] == 0
     registry.beat(inference_heartbeat(), ttl_s=5)
     ready = api.get("/readyz")
     assert ready.status_code == 200 and ready.json()["inference_workers"] == 1
