@@ -32,10 +32,11 @@ class Settings(BaseSettings):
     # or "s3" (an S3-compatible bucket, e.g. MinIO; every host caches what it reads in
     # blob_cache_dir, default data_dir/blob-cache: blobs never change, so the cache is safe).
     blob_backend: Literal["local", "s3"] = "local"
-    # How long a predict waits for an inference worker to appear before its 503: 0 on one box
-    # (a dead worker is restarted by the supervisor), ~20 s where an autoscaler starts the
-    # first worker on demand (deploy/kubernetes).
-    worker_wait_s: float = Field(0.0, ge=0, le=120)
+    # Whether a predict with no inference worker alive is queued and waits up to its deadline
+    # (request_timeout_s) for one to start, instead of a 503 at once: for an autoscaler that
+    # starts the first worker on demand (deploy/kubernetes). Off on one box, where the
+    # supervisor restarts a dead worker and a client should hear at once that none is up.
+    wait_for_worker: bool = False
     s3_bucket: str | None = None
     s3_prefix: str = ""
     s3_endpoint_url: str | None = None

@@ -43,16 +43,6 @@ class LiveView:
         version = await self.live_version()
         return await self.manifest(version) if version else None
 
-    async def wait_for_inference_worker(self, wait_s: float) -> bool:
-        """Whether an inference worker is alive, waiting up to ``wait_s`` for one to beat (so an
-        autoscaler scaling from zero can start the first worker while the request waits)."""
-        deadline = time.monotonic() + wait_s
-        while not await self.inference_worker_alive():
-            if time.monotonic() >= deadline:
-                return False
-            await anyio.sleep(min(0.25, max(0.0, deadline - time.monotonic())))
-        return True
-
     async def inference_worker_alive(self) -> bool:
         # Only a positive answer is cached: a worker that just started is seen at once, while a
         # busy API still reads heartbeats at most once a second.

@@ -168,9 +168,10 @@ async def predict(
     items = _inputs(body, settings.max_inputs_per_request, settings.max_input_chars)
     route = await _route_for(task_id, body.version, live, registry)
     _check_kind(route, items)
-    if not await live.wait_for_inference_worker(settings.worker_wait_s):
-        raise NoWorker("no inference worker is alive", {"task_id": task_id,
-                                                        "waited_s": settings.worker_wait_s})
+    # Waiting for a worker means enqueueing anyway: the backlog is what an autoscaler
+    # starting the first worker sees, and the request's deadline bounds the wait (504).
+    if not settings.wait_for_worker and not await live.inference_worker_alive():
+        raise NoWorker("no inference worker is alive", {"task_id": task_id})
     reply = await inference.predict(task_id, items, version=body.version,
                                     http_request_id=request_id_of(request))
     if reply.outputs is None or len(reply.outputs) != len(items):
