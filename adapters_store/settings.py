@@ -115,7 +115,7 @@ class Settings(BaseSettings):
     # How SAFM decides (strategy_params.DecisionMode) and the replay rule; chosen on validation
     # splits (docs/benchmarks/safm-decision.md).
     safm_decision: DecisionMode = "validation"
-    safm_decision_tolerance: float = Field(0.05, ge=0, le=10)
+    safm_decision_tolerance: float = Field(0.02, ge=0, le=10)
     safm_replay_adaptive: bool = True
     # The regression gate before every publish (strategy_params.GateMode); None: a drop of
     # max(1 point, 2 binomial standard errors of the task's held-out split) fails a task.

@@ -169,7 +169,7 @@ class SearchParams(_DenseParams):
     forced_layers: list[int] = Field(max_length=256)
     # Older manifests predate these: the paper's search with fixed replay is what ran then.
     decision: DecisionMode = "paper"
-    decision_tolerance: float = Field(0.05, ge=0, le=10)
+    decision_tolerance: float = Field(0.02, ge=0, le=10)
     replay_adaptive: bool = False
 
     @model_validator(mode="after")
