@@ -59,11 +59,19 @@ def _settings_from(args: argparse.Namespace) -> Settings:
     return settings.model_copy(update={"data_dir": settings.data_dir.resolve()})
 
 
+def api_argv(host: str, port: int) -> list[str]:
+    """The API under uvicorn. h11 rather than httptools: httptools rejects a request with an
+    unknown method (BREW, FOO) with a plain-text 400 before the app sees it, h11 hands it to the
+    app, which answers with its JSON error body; parsing is microseconds against a forward of
+    milliseconds."""
+    return [sys.executable, "-m", "uvicorn", "service.app:create_app", "--factory", "--http",
+            "h11", "--host", host, "--port", str(port), "--no-access-log",
+            "--timeout-graceful-shutdown", "10"]
+
+
 def _children(workers: int, trainer: bool, settings: Settings) -> list[Child]:
     py = sys.executable
-    children = [Child("api", [py, "-m", "uvicorn", "service.app:create_app", "--factory",
-                              "--host", settings.host, "--port", str(settings.port),
-                              "--no-access-log", "--timeout-graceful-shutdown", "10"])]
+    children = [Child("api", api_argv(settings.host, settings.port))]
     children += [Child(f"inference-{i}", [py, "-m", "worker.inference"]) for i in range(workers)]
     if trainer:
         children.append(Child("trainer", [py, "-m", "worker.trainer"]))

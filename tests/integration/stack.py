@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from adapterd.supervisor import api_argv
 from adapters_store.records import FINISHED_JOB_STATES, JobRecord
 from adapters_store.registry import Registry
 from adapters_store.settings import Settings
@@ -118,8 +119,7 @@ class ApiProcess(WorkerProcess):
         log_dir.mkdir(parents=True, exist_ok=True)
         with open(self.log_path, "wb") as out:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "uvicorn", "service.app:create_app", "--factory",
-                 "--host", "127.0.0.1", "--port", str(self.port), "--no-access-log"],
+                api_argv("127.0.0.1", self.port),
                 cwd=ROOT, env=worker_env(settings, **overrides), stdout=out,
                 stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
 

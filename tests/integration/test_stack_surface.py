@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import re
+import socket
 import struct
 import uuid
 from collections.abc import Iterator
@@ -168,3 +169,19 @@ def test_page_rollback_needs_the_admin_key_and_predict_box_works(
             page.close()
         keyed.stop()
         surface.registry.rollback("v3")
+
+
+@pytest.mark.parametrize("method", ["BREW", "FOO"])
+def test_unknown_http_methods_get_the_json_error_body(surface: Surface, method: str) -> None:
+    host, port = surface.url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=5) as conn:
+        conn.sendall(f"{method} /v1/tasks HTTP/1.1\r\nHost: {host}\r\n"
+                     "Connection: close\r\n\r\n".encode())
+        raw = b""
+        while chunk := conn.recv(65536):
+            raw += chunk
+    head, _, body = raw.partition(b"\r\n\r\n")
+    status_line, *headers = head.decode().split("\r\n")
+    assert status_line.split()[1] == "405", raw[:300]
+    assert any(h.lower().startswith("content-type: application/json") for h in headers)
+    assert json.loads(body)["error"]["code"] == "method_not_allowed"
