@@ -33,9 +33,8 @@ def check_digest(digest: str) -> None:
 def open_blob_store(settings: Settings) -> Blobs:
     """The local directory (``data_dir/blobs``, the embedded default) or, with
     ``blob_backend=s3``, the bucket read through a local cache (``blob_cache_dir``)."""
-    local = BlobStore(settings.data_dir / "blobs")
     if settings.blob_backend == "local":
-        return local
+        return BlobStore(settings.data_dir / "blobs")
     if not settings.s3_bucket:
         raise InvalidInput("blob_backend=s3 needs s3_bucket (ADAPTERD_S3_BUCKET)")
     try:

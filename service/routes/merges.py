@@ -24,7 +24,7 @@ def post_merge(body: MergeRequest, registry: RegistryDep) -> JobAccepted:
     check_merge(registry.live_manifest(), body)
     job = registry.submit_merge(body)
     return JobAccepted(job_id=job.job_id, task_id=job.task_id,
-                         status_url=f"/v1/jobs/{job.job_id}")
+                       status_url=f"/v1/jobs/{job.job_id}")
 
 
 @router.get("", response_model=JobList, dependencies=[ReadAuth])

@@ -10,7 +10,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from worker.continual.metrics import average_se
+from worker.continual.metrics import average, average_se
 
 # Fields that must match for results of separate runs to share one file.
 COMPARABLE = ("sequence", "tasks", "preset", "seed", "base_model")
@@ -233,8 +233,9 @@ def growth_plot(payload: dict[str, Any], out: Path, base: str, names: list[str])
         steps = r["steps"]
         xs = list(range(1, len(steps) + 1))
         left.plot(xs, [st["bank_adapter_params"] / 1e6 for st in steps], **style)
-        avg = [100 * sum(v for v in row[:i + 1] if v is not None) / (i + 1)
-               for i, row in enumerate(r["matrix"][:len(steps)])]
+        # Average after task i is Average of the matrix's first i+1 rows and columns.
+        avg = [100 * average([row[:i + 1] for row in r["matrix"][:i + 1]])
+               for i in range(len(steps))]
         right.plot(xs, avg, **style)
     left.set_xlabel("tasks trained")
     left.set_ylabel("adapter parameters in the bank (millions)")

@@ -114,7 +114,7 @@ class FitResult:
     updated_modules: dict[str, AdapterModule] = field(default_factory=dict)
     # earlier task -> its tuned head (replay batches train the replayed task's whole path)
     updated_heads: dict[str, nn.Linear] = field(default_factory=dict)
-    replayed: list[str] = field(default_factory=list)
+    # earlier task -> its stored training rows replayed (0 when a path was kept but none fit)
     replayed_rows: dict[str, int] = field(default_factory=dict)
     # Filled by the regression gate (worker.regression_gate), not by the strategy.
     old_tasks: dict[str, OldTaskEval] = field(default_factory=dict)
@@ -122,6 +122,10 @@ class FitResult:
     # Routes the strategy derives for other task ids (HAM's task-agnostic route).
     extra_routes: dict[str, ExtraRoute] = field(default_factory=dict)
     ham: HamReport | None = None
+
+    @property
+    def replayed(self) -> list[str]:
+        return sorted(self.replayed_rows)
 
 
 @dataclass

@@ -122,10 +122,7 @@ def fit_ham(ctx: FitContext) -> FitResult:
     extra = _all_groups_route(ctx, groups, updated, merged if opens else None, heads, head)
     return FitResult(route=list(merged), new_modules=list(merged) if opens else [], head=head,
                      decisions=decisions, updated_modules=updated, updated_heads=heads,
-                     replayed=sorted(plan.rows),
-                     replayed_rows={t: len(rows) for t, rows in sorted(plan.rows.items())},
-                     ham=report,
-                     extra_routes=extra)
+                     replayed_rows=plan.row_counts(), ham=report, extra_routes=extra)
 
 
 def _all_groups_route(ctx: FitContext, groups: list[HamGroup], updated: dict[str, AdapterModule],

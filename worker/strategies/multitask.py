@@ -29,5 +29,4 @@ def fit_multitask(ctx: FitContext) -> FitResult:
     return FitResult(route=list(route), new_modules=[] if ids else list(route), head=head,
                      decisions=decisions, updated_modules=plan.copies,
                      updated_heads={t: p.head for t, p in plan.paths.items()},
-                     replayed=sorted(plan.paths),
-                     replayed_rows={t: len(rows) for t, rows in sorted(plan.rows.items())})
+                     replayed_rows=plan.row_counts())

@@ -51,8 +51,7 @@ def _fit(ctx: FitContext, with_empty: bool) -> FitResult:
         route=route, new_modules=new_modules, head=head, decisions=decisions,
         updated_modules=plan.copies,
         updated_heads={t: path.head for t, path in plan.paths.items()},
-        replayed=sorted(plan.paths),
-        replayed_rows={t: len(rows) for t, rows in sorted(plan.rows.items())},
+        replayed_rows=plan.row_counts(),
     )
 
 

@@ -53,6 +53,9 @@ class ReplayPlan:
     rows: dict[str, list[Row]] = field(default_factory=dict)
     copies: dict[str, AdapterModule] = field(default_factory=dict)  # old id -> working copy
 
+    def row_counts(self) -> dict[str, int]:
+        return {t: len(rows) for t, rows in sorted(self.rows.items())}
+
 
 def plan_replay(ctx: FitContext, reused: set[str], replay_ratio: float,
                 adaptive: bool = False) -> ReplayPlan:
