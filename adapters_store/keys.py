@@ -24,6 +24,13 @@ class Keys:
         return self._k("bank", "version", version)
 
     @property
+    def staged(self) -> str:
+        return self._k("bank", "staged")
+
+    def prepared(self, version: str) -> str:
+        return self._k("bank", "prepared", version)
+
+    @property
     def history(self) -> str:
         return self._k("bank", "history")
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from typing import Annotated, Any, Literal
 
@@ -179,6 +180,20 @@ class BankManifest(Record):
     strategy_params: OptionalParams = None
     created_at: float = Field(default_factory=time.time)
     note: str = ""
+
+    @classmethod
+    def from_json(cls, raw: str | bytes) -> BankManifest:
+        """Validated record by record: one validate_json over thousands of routes holds the GIL
+        for hundreds of milliseconds, stalling the thread that serves (or the API's event loop)
+        beside the one that parses; many short calls let it run in between."""
+        data = json.loads(raw)
+        if not (isinstance(data, dict) and isinstance(data.get("modules"), dict)
+                and isinstance(data.get("routes"), dict)):
+            return cls.model_validate(data)  # malformed: the usual error
+        modules = {k: ModuleRecord.model_validate(v) for k, v in data["modules"].items()}
+        routes = {k: Route.model_validate(v) for k, v in data["routes"].items()}
+        shell = cls.model_validate(data | {"modules": {}, "routes": {}})
+        return shell.model_copy(update={"modules": modules, "routes": routes})
 
     def route_params(self, task_id: str) -> int:
         route = self.routes[task_id]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import time
 import uuid
+from dataclasses import dataclass
 
 import redis
 
@@ -20,6 +21,19 @@ from adapters_store.records import (
 )
 from adapters_store.strategy_params import StrategyName, StrategyOverrides
 from adapters_store.streams import Heartbeat, TrainJobMessage
+
+# A staged version's prepared set outlives any publish wait; it only guards against leaks.
+PREPARED_TTL_S = 3600
+PREPARE_POLL_S = 0.02
+
+
+@dataclass(frozen=True)
+class PrepareReport:
+    """How many live inference workers had a staged version loaded when it was published."""
+
+    workers: int
+    prepared: int
+    waited_s: float
 
 
 def _s(value: bytes | str | None) -> str | None:
@@ -66,8 +80,45 @@ class Registry:
     def versions(self) -> list[dict]:
         return [json.loads(e) for e in self.r.lrange(self.keys.history, 0, -1)]
 
-    def publish(self, manifest: BankManifest, reason: str) -> None:
-        """Make ``manifest`` live in one transaction, if the live pointer is still its parent."""
+    def stage(self, manifest: BankManifest) -> None:
+        """Store ``manifest`` and announce it as the next version, so inference workers load it
+        off their serving path before it goes live (the swap is then a reference change)."""
+        with self.r.pipeline(transaction=True) as pipe:
+            pipe.set(self.keys.version(manifest.version), manifest.to_json())
+            pipe.set(self.keys.staged, manifest.version)
+            pipe.execute()
+
+    def staged_version(self) -> str | None:
+        return _s(self.r.get(self.keys.staged))
+
+    def mark_prepared(self, version: str, worker_id: str) -> None:
+        with self.r.pipeline(transaction=False) as pipe:
+            pipe.sadd(self.keys.prepared(version), worker_id)
+            pipe.expire(self.keys.prepared(version), PREPARED_TTL_S)
+            pipe.execute()
+
+    def await_prepared(self, version: str, timeout_s: float) -> PrepareReport:
+        """Wait until every live inference worker has loaded ``version`` (or ``timeout_s``): a
+        worker that is late loads it when it goes live, as it would without staging."""
+        started = time.monotonic()
+        while True:
+            serving = {hb.worker_id for hb in self.heartbeats() if hb.kind == "inference"}
+            ready = {_s(w) for w in self.r.smembers(self.keys.prepared(version))} & serving
+            waited = time.monotonic() - started
+            if ready >= serving or waited >= timeout_s:
+                return PrepareReport(workers=len(serving), prepared=len(ready),
+                                     waited_s=round(waited, 3))
+            time.sleep(PREPARE_POLL_S)
+
+    def publish(self, manifest: BankManifest, reason: str, prepare_timeout_s: float = 0.0
+                ) -> PrepareReport | None:
+        """Make ``manifest`` live in one transaction, if the live pointer is still its parent.
+        With ``prepare_timeout_s`` it is staged first, and published once every live inference
+        worker has loaded it (or the timeout passed)."""
+        report = None
+        if prepare_timeout_s > 0:
+            self.stage(manifest)
+            report = self.await_prepared(manifest.version, prepare_timeout_s)
         with self.r.pipeline() as pipe:
             pipe.watch(self.keys.live)
             current = _s(pipe.get(self.keys.live))
@@ -87,6 +138,7 @@ class Registry:
             pipe.xadd(self.keys.events, {"m": json.dumps({"type": "publish", **entry})},
                       maxlen=10_000, approximate=True)
             pipe.execute()
+        return report
 
     def rollback(self, version: str) -> dict:
         """Point live at an earlier, still-stored version; the history records the move."""

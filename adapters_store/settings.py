@@ -82,6 +82,11 @@ class Settings(BaseSettings):
     claim_idle_ms: int = Field(10_000, ge=100)
     heartbeat_s: float = Field(2.0, gt=0)
     keep_versions: int = Field(2, ge=1, le=64)
+    # How often an inference worker looks for a staged or live version it has not loaded yet.
+    prefetch_poll_ms: int = Field(50, ge=5, le=10_000)
+    # A publish first stages the version and waits up to this long for every live inference
+    # worker to load it, so the swap itself is a reference change; 0 publishes at once.
+    prepare_timeout_s: float = Field(10.0, ge=0, le=600)
 
     # Trainer
     strategy: StrategyName = "safm"

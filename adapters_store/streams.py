@@ -70,6 +70,8 @@ class InferenceReply(Message):
     batch_requests: int = 0
     queue_s: float = 0.0
     compute_s: float = 0.0
+    # Wall clock when the worker queued the reply: the API derives the reply's transit from it.
+    replied_at: float = 0.0
 
 
 class TrainJobMessage(Message):

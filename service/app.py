@@ -43,10 +43,13 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         app.state.inference = inference
         app.state.metrics = Metrics(registry)
         await inference.start()
+        await app.state.live.start()
         logger.info("api %s up (prefix %s, strategy %s)", inference.api_id, settings.key_prefix,
                     settings.strategy)
         yield
     finally:
+        if getattr(app.state, "live", None) is not None:
+            await app.state.live.stop()
         await inference.stop()
         await aclient.aclose()
         client.close()

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import logging
 import time
 
 import anyio
+import redis
 import redis.asyncio as aioredis
 
 from adapters_store.records import BankManifest
@@ -12,6 +16,10 @@ from adapters_store.registry import Registry
 
 MANIFEST_CACHE_SIZE = 8
 WORKER_CACHE_S = 1.0
+# How often the API looks for a staged version to parse before it goes live.
+STAGED_POLL_S = 0.1
+
+log = logging.getLogger(__name__)
 
 
 class LiveView:
@@ -23,6 +31,38 @@ class LiveView:
         self.r = client
         self._manifests: dict[str, BankManifest] = {}
         self._worker_seen_at = float("-inf")
+        self._watcher: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        """Parse staged versions ahead of their publish, so the first predict after a swap
+        does not wait for a large manifest to parse."""
+        if self._watcher is None:
+            self._watcher = asyncio.create_task(self._watch_staged(), name="staged-watch")
+
+    async def stop(self) -> None:
+        if self._watcher is not None:
+            self._watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._watcher
+            self._watcher = None
+
+    async def _watch_staged(self) -> None:
+        failed: set[str] = set()
+        while True:
+            version = None
+            try:
+                raw = await self.r.get(self.registry.keys.staged)
+                version = raw.decode() if isinstance(raw, bytes) else raw
+                if version is not None and version not in failed:
+                    await self.manifest(version)
+            except asyncio.CancelledError:
+                raise
+            except (redis.RedisError, OSError) as exc:  # predict still parses it when live
+                log.debug("staged manifest not parsed ahead: %s", exc)
+            except Exception:  # noqa: BLE001 - a bad staged record must not stop the watcher
+                log.exception("staged manifest %s could not be parsed", version)
+                failed.add(version)
+            await asyncio.sleep(STAGED_POLL_S)
 
     async def live_version(self) -> str | None:
         raw = await self.r.get(self.registry.keys.live)

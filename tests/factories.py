@@ -6,6 +6,7 @@ import random
 
 import torch
 
+from adapters_store.blobstore import Blobs
 from adapters_store.datasets import Row
 from adapters_store.module_config import (
     BottleneckConfig,
@@ -13,8 +14,9 @@ from adapters_store.module_config import (
     ModuleConfig,
     SparseConfig,
 )
+from adapters_store.records import BankManifest, BaseModelInfo, HeadRecord, ModuleRecord, Route
 from worker.base_model import TINY, load_base
-from worker.modules import AdapterModule
+from worker.modules import AdapterModule, head_to_bytes
 from worker.routed_model import RoutedEncoder
 from worker.serving_bench import synthetic
 
@@ -70,3 +72,27 @@ def make_settings(**overrides: object):  # noqa: ANN201 - Settings; import kept 
     from adapters_store.settings import Settings
 
     return Settings(**(TEST_SETTINGS | overrides))
+
+
+def bank_manifest(blobs: Blobs, number: int, modules: list[AdapterModule],
+                  routes: dict[str, list[int | None]], parent: str | None = None
+                  ) -> BankManifest:
+    """A manifest over tiny-bert of ``modules`` (stored in ``blobs``) and routes given as
+    indexes into ``modules`` per layer."""
+    recs = {}
+    for m in modules:
+        rec = ModuleRecord(id=m.content_id(), kind=m.kind, layer=m.layer, params=m.num_params,
+                           config=m.config, blob=blobs.put(m.to_bytes()), created_by="t",
+                           created_in=f"v{number}")
+        recs[rec.id] = rec
+    ids = [m.content_id() for m in modules]
+    head = HeadRecord(labels=["a", "b"], blob=blobs.put(head_to_bytes(torch.nn.Linear(32, 2))),
+                      params=66)
+    return BankManifest(
+        version=f"v{number}", number=number, parent=parent,
+        base=BaseModelInfo(name="tiny-bert", fingerprint="f", num_layers=2, hidden_size=32),
+        modules=recs, strategy="per_task",
+        routes={t: Route(task_id=t, layers=[None if i is None else ids[i] for i in layers],
+                         head=head, input_kind="single", strategy="per_task", dataset_id="d",
+                         job_id="j", trained_in=f"v{number}", full_route_params=0)
+                for t, layers in routes.items()})

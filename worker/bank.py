@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import threading
 from collections import OrderedDict
 from dataclasses import dataclass
 
@@ -51,6 +52,8 @@ class LoadedBank:
 
     Modules are keyed by content id, so a module shared by many versions is loaded once, and a
     swap only loads what the new version adds. The newest ``keep`` versions stay servable.
+    Syncs are serialised by a lock: the inference worker prefetches versions on a second thread
+    while its serving thread may ask for the live one.
     """
 
     def __init__(self, blobs: Blobs, device: torch.device, keep: int = 2,
@@ -62,6 +65,7 @@ class LoadedBank:
         self.modules: dict[str, AdapterModule] = {}
         self.heads: dict[str, nn.Linear] = {}
         self.versions: OrderedDict[str, LoadedVersion] = OrderedDict()
+        self._lock = threading.RLock()
 
     def get(self, version: str) -> LoadedVersion | None:
         return self.versions.get(version)
@@ -75,8 +79,14 @@ class LoadedBank:
         head = head_from_bytes(self.blobs.get(digest))
         return head.to(self.device, self.dtype).eval().requires_grad_(False)
 
-    def sync(self, manifest: BankManifest) -> LoadedVersion:
-        """Make ``manifest`` servable; check everything loads before anything changes."""
+    def sync(self, manifest: BankManifest, protect: frozenset[str] = frozenset()
+             ) -> LoadedVersion:
+        """Make ``manifest`` servable; check everything loads before anything changes. Versions
+        in ``protect`` (the one being served) are never evicted to make room."""
+        with self._lock:
+            return self._sync(manifest, protect)
+
+    def _sync(self, manifest: BankManifest, protect: frozenset[str]) -> LoadedVersion:
         if manifest.version in self.versions:
             self.versions.move_to_end(manifest.version)
             return self.versions[manifest.version]
@@ -100,8 +110,9 @@ class LoadedBank:
         loaded = LoadedVersion(manifest=manifest, tasks=tasks,
                                modules={m: self.modules[m] for m in manifest.modules})
         self.versions[manifest.version] = loaded
-        while len(self.versions) > self.keep:
-            self.versions.popitem(last=False)
+        evictable = [v for v in self.versions if v not in protect and v != manifest.version]
+        for version in evictable[:max(0, len(self.versions) - self.keep)]:
+            del self.versions[version]
         self._unload_unused()
         log.info("bank %s loaded: %d new modules, %d new heads, %d modules resident",
                  manifest.version, len(new_modules), len(new_heads), len(self.modules))

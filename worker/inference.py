@@ -25,6 +25,7 @@ from worker.routed_model import RoutedEncoder
 from worker.routing import SegmentRouting, route_order
 from worker.runtime import GracefulStop, build_model
 from worker.stream_worker import Entry, StreamConfig, StreamWorker
+from worker.version_prefetch import VersionPrefetcher
 
 log = logging.getLogger(__name__)
 
@@ -92,6 +93,16 @@ class InferenceWorker(StreamWorker):
         self.model.eval().to(dtype)
         self.bank = LoadedBank(self.blobs, self.device, keep=settings.keep_versions, dtype=dtype)
         self.current: LoadedVersion | None = None
+        self.prefetcher = VersionPrefetcher(
+            self.registry, self.bank, self.worker_id, settings.prefetch_poll_ms / 1000,
+            serving=lambda: self.current.version if self.current else None)
+
+    def run(self, max_batches: int | None = None, idle_exit_s: float | None = None) -> int:
+        self.prefetcher.start()
+        try:
+            return super().run(max_batches=max_batches, idle_exit_s=idle_exit_s)
+        finally:
+            self.prefetcher.stop()
 
     # ---- stream-worker hooks --------------------------------------------------------------
     def stream_config(self) -> StreamConfig:
@@ -116,12 +127,16 @@ class InferenceWorker(StreamWorker):
 
     # ---- between batches ------------------------------------------------------------------
     def maybe_swap(self) -> None:
-        """Load the live version if it moved; on any failure keep serving the old one."""
+        """Serve the live version if it moved: a reference change when the prefetcher has loaded
+        it (a staged publish), else loaded here; on any failure keep serving the old one."""
         live = self.registry.live_version()
-        if live is None or (self.current is not None and self.current.version == live):
+        current = self.current
+        if live is None or (current is not None and current.version == live):
             return
         try:
-            loaded = self.bank.sync(self.registry.manifest(live))
+            loaded = self.bank.get(live) or self.bank.sync(
+                self.registry.manifest(live),
+                protect=frozenset({current.version} if current else ()))
         except Exception:  # noqa: BLE001 - a bad version must not take the worker down
             log.exception("worker %s could not load bank %s; still serving %s", self.worker_id,
                           live, self.current.version if self.current else None)
@@ -133,7 +148,7 @@ class InferenceWorker(StreamWorker):
     # ---- serving ----------------------------------------------------------------------------
     def _reply(self, pipe: redis.client.Pipeline, req: InferenceRequest, **kw: object) -> None:
         reply = InferenceReply(request_id=req.request_id, task_id=req.task_id,
-                               worker_id=self.worker_id, **kw)
+                               worker_id=self.worker_id, replied_at=time.time(), **kw)
         pipe.xadd(req.reply_to, reply.fields(), maxlen=100_000, approximate=True)
 
     def _error(self, pipe: redis.client.Pipeline, req: InferenceRequest, version: str | None,
@@ -146,6 +161,7 @@ class InferenceWorker(StreamWorker):
         """Answer every entry (replies queued on ``pipe``, sent with the batch's ack)."""
         now = time.time()
         groups: dict[str, list[InferenceRequest]] = {}
+        versions: dict[str, LoadedVersion] = {}  # held here: the prefetcher may evict meanwhile
         for _, fields in entries:
             try:
                 req = InferenceRequest.from_fields(fields)
@@ -174,9 +190,10 @@ class InferenceWorker(StreamWorker):
                             f"task {req.task_id!r} takes {kind} inputs")
                 continue
             groups.setdefault(loaded.version, []).append(req)
+            versions[loaded.version] = loaded
         # One forward per bank version present: a batch is always served by exactly one version.
         for version, requests in groups.items():
-            loaded = self.bank.get(version)
+            loaded = versions[version]
             started = time.monotonic()
             try:
                 outputs = run_batch(self.model, loaded, requests,

@@ -59,11 +59,16 @@ def stored_task_rows(state: TrainerState, parent: BankManifest | None) -> TaskRo
 
 def publish(state: TrainerState, manifest: BankManifest, blobs: dict[str, bytes],
             reason: str) -> None:
-    """Write the version's new tensor files, then make it live (a reader never meets a
-    manifest whose blobs are missing)."""
+    """Write the version's new tensor files, stage it so inference workers load it while they
+    still serve the old one, then make it live (a reader never meets a manifest whose blobs are
+    missing, and a worker rarely meets a live version it has not loaded)."""
     for data in blobs.values():
         state.blobs.put(data)
-    state.registry.publish(manifest, reason=reason)
+    report = state.registry.publish(manifest, reason=reason,
+                                    prepare_timeout_s=state.settings.prepare_timeout_s)
+    if report is not None:
+        log.info("version %s prepared on %d of %d inference workers in %.3fs before publish",
+                 manifest.version, report.prepared, report.workers, report.waited_s)
 
 
 def run_train_job(state: TrainerState, job: JobRecord, progress: ProgressFn) -> JobResult:

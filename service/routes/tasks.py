@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import Annotated, Literal
 
 import anyio
@@ -165,6 +166,7 @@ async def predict(
     settings: SettingsDep, registry: RegistryDep, live: LiveDep, inference: InferenceDep,
     metrics: MetricsDep,
 ) -> PredictResponse:
+    started = time.perf_counter()
     items = _inputs(body, settings.max_inputs_per_request, settings.max_input_chars)
     route = await _route_for(task_id, body.version, live, registry)
     _check_kind(route, items)
@@ -174,15 +176,19 @@ async def predict(
         raise NoWorker("no inference worker is alive", {"task_id": task_id})
     reply = await inference.predict(task_id, items, version=body.version,
                                     http_request_id=request_id_of(request))
+    transit = max(0.0, time.time() - reply.replied_at)
     if reply.outputs is None or len(reply.outputs) != len(items):
         raise UpstreamError("the worker answered with the wrong number of predictions",
                             {"inputs": len(items), "worker_id": reply.worker_id})
     metrics.observe_reply(reply, len(items))
     if reply.version:
         response.headers["X-Adapter-Version"] = reply.version
-    # Where the time went, for clients and benchmarks: waiting in the queue, the worker's forward.
-    response.headers["Server-Timing"] = (f"queue;dur={1000 * reply.queue_s:.2f}, "
-                                         f"compute;dur={1000 * reply.compute_s:.2f}")
+    # Where the time went, for clients and benchmarks: waiting in the queue, the worker's
+    # forward, the reply's way back to this API, and everything this route did (api).
+    response.headers["Server-Timing"] = (
+        f"queue;dur={1000 * reply.queue_s:.2f}, compute;dur={1000 * reply.compute_s:.2f}, "
+        f"transit;dur={1000 * transit:.2f}, "
+        f"api;dur={1000 * (time.perf_counter() - started):.2f}")
     response.headers["X-Batch-Rows"] = str(reply.batch_rows)
     return PredictResponse(task_id=task_id, version=reply.version, predictions=reply.outputs)
 

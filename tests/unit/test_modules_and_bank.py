@@ -5,14 +5,7 @@ from __future__ import annotations
 import torch
 
 from adapters_store.blobstore import BlobStore
-from adapters_store.records import (
-    BankManifest,
-    BaseModelInfo,
-    HeadRecord,
-    ModuleRecord,
-    Route,
-)
-from tests.factories import CPU, random_module
+from tests.factories import CPU, bank_manifest, random_module
 from worker.bank import LoadedBank
 from worker.modules import AdapterModule, head_from_bytes, head_to_bytes
 
@@ -35,34 +28,13 @@ def test_head_round_trip() -> None:
     assert torch.equal(again.weight, head.weight) and torch.equal(again.bias, head.bias)
 
 
-def _manifest(blobs: BlobStore, number: int, modules: list[AdapterModule],
-              routes: dict[str, list[int | None]]) -> BankManifest:
-    recs = {}
-    for m in modules:
-        rec = ModuleRecord(id=m.content_id(), kind=m.kind, layer=m.layer, params=m.num_params,
-                           config=m.config, blob=blobs.put(m.to_bytes()), created_by="t",
-                           created_in=f"v{number}")
-        recs[rec.id] = rec
-    ids = [m.content_id() for m in modules]
-    head = HeadRecord(labels=["a", "b"], blob=blobs.put(head_to_bytes(torch.nn.Linear(32, 2))),
-                      params=66)
-    return BankManifest(
-        version=f"v{number}", number=number, parent=None,
-        base=BaseModelInfo(name="tiny-bert", fingerprint="f", num_layers=2, hidden_size=32),
-        modules=recs, strategy="per_task",
-        routes={t: Route(task_id=t, layers=[None if i is None else ids[i] for i in layers],
-                         head=head, input_kind="single", strategy="per_task", dataset_id="d",
-                         job_id="j", trained_in=f"v{number}", full_route_params=0)
-                for t, layers in routes.items()})
-
-
 def test_bank_sync_loads_only_missing_and_unloads_evicted(tmp_path) -> None:
     blobs = BlobStore(tmp_path)
     a0, a1, b0 = (random_module("bottleneck", 0, seed=1), random_module("bottleneck", 1, seed=2),
                   random_module("bottleneck", 0, seed=3))
-    v1 = _manifest(blobs, 1, [a0, a1], {"a": [0, 1]})
-    v2 = _manifest(blobs, 2, [a0, a1, b0], {"a": [0, 1], "b": [0, None], "c": [2, None]})
-    v3 = _manifest(blobs, 3, [b0], {"b": [0, None]})
+    v1 = bank_manifest(blobs, 1, [a0, a1], {"a": [0, 1]})
+    v2 = bank_manifest(blobs, 2, [a0, a1, b0], {"a": [0, 1], "b": [0, None], "c": [2, None]})
+    v3 = bank_manifest(blobs, 3, [b0], {"b": [0, None]})
     bank = LoadedBank(blobs, CPU, keep=2)
     first = bank.sync(v1)
     loaded_a0 = bank.modules[a0.content_id()]
@@ -75,5 +47,5 @@ def test_bank_sync_loads_only_missing_and_unloads_evicted(tmp_path) -> None:
     bank.sync(v3)  # v1 evicted (keep=2); v2 still holds a0/a1
     assert set(bank.versions) == {"v2", "v3"}
     assert a0.content_id() in bank.modules
-    bank.sync(_manifest(blobs, 4, [b0], {"b": [0, None]}))  # v2 evicted -> a0, a1 unloaded
+    bank.sync(bank_manifest(blobs, 4, [b0], {"b": [0, None]}))  # v2 evicted -> a0, a1 unloaded
     assert set(bank.modules) == {b0.content_id()}

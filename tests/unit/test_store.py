@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import os
 
 import pytest
+from pydantic import ValidationError
 
 from adapters_store.blobstore import BlobStore
 from adapters_store.datasets import load_rows, parse_dataset
@@ -36,13 +38,27 @@ def make_manifest(**overrides) -> BankManifest:
 def test_records_round_trip() -> None:
     manifest = make_manifest()
     again = BankManifest.from_json(manifest.to_json())
-    assert again == manifest
+    assert again == manifest == BankManifest.model_validate_json(manifest.to_json())
     assert again.route_params("t1") == 100
     assert again.module_users() == {"a" * 64: ["t1"]}
     assert again.totals()["one_adapter_per_task_params"] == 200
     job = JobRecord(job_id="job_0123456789abcdef", task_id="t1", dataset_id="ds",
                     strategy="per_task")
     assert JobRecord.from_json(job.to_json()) == job
+
+
+def test_manifest_parsed_record_by_record_rejects_what_one_validation_would() -> None:
+    good = json.loads(make_manifest().to_json())
+    bad_route = json.loads(json.dumps(good))
+    bad_route["routes"]["t1"]["task_id"] = "Bad!"
+    bad_module = json.loads(json.dumps(good))
+    bad_module["modules"]["a" * 64]["params"] = -1
+    extra = good | {"surprise": 1}
+    for data in (bad_route, bad_module, extra, good | {"modules": []}, {"version": "v1"}):
+        with pytest.raises(ValidationError):
+            BankManifest.from_json(json.dumps(data))
+    with pytest.raises(ValueError):
+        BankManifest.from_json("{not json")
 
 
 def test_records_reject_bad_task_ids() -> None:

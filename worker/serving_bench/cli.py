@@ -107,6 +107,7 @@ def main(argv: list[str] | None = None) -> int:
                 swap = asyncio.run(hot_swap(service, task_ids, args.swap_versions, c,
                                             args.duration, 2))
                 payload["swap"] = swap | {"concurrency": c, "duration_s": args.duration,
+                                          "tasks": args.http_tasks, "shape": args.http_shape,
                                           "baseline": baseline}
                 print(f"swap: {payload['swap']}", flush=True)
     if "memory" in parts:

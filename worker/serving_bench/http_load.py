@@ -35,18 +35,26 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+PREPARE_TIMEOUT_S = 30.0
+
+
 @dataclass
 class Service:
     url: str
     registry: Registry
     writer: BankWriter
     versions: list[str] = field(default_factory=list)
+    prepare_s: list[float] = field(default_factory=list)
 
     def publish(self, tasks: int) -> str:
+        """As the trainer publishes: staged, and live once the inference worker has it."""
         parent = self.registry.live_version()
         number = self.registry.next_version_number()
         manifest = self.writer.manifest(tasks, number, parent)
-        self.registry.publish(manifest, reason=f"serving benchmark: {tasks} tasks")
+        report = self.registry.publish(manifest, reason=f"serving benchmark: {tasks} tasks",
+                                       prepare_timeout_s=PREPARE_TIMEOUT_S)
+        if report is not None:
+            self.prepare_s.append(report.waited_s)
         self.versions.append(manifest.version)
         return manifest.version
 
@@ -161,7 +169,7 @@ def summarise(samples: list[Sample], duration_s: float) -> dict[str, float | int
         "requests": len(samples), "failed": len(samples) - len(ok),
         "rows_per_s": round(len(ok) / duration_s, 1),
         "p50_ms": round(_pct(lat, 0.50), 2), "p95_ms": round(_pct(lat, 0.95), 2),
-        "p99_ms": round(_pct(lat, 0.99), 2),
+        "p99_ms": round(_pct(lat, 0.99), 2), "max_ms": round(max(lat), 2) if lat else None,
         "compute_p50_ms": round(statistics.median(compute), 2) if compute else float("nan"),
         "mean_batch_rows": round(statistics.fmean(rows), 2) if rows else float("nan"),
         # What HTTP, the API and Redis add to the worker's own forward of the same batch.
@@ -201,7 +209,12 @@ async def hot_swap(service: Service, task_ids: list[str], extra: int, concurrenc
         if s.status == 200 and s.version is not None and number.get(s.version, 0) < floor:
             stale += 1
     finite = [x for x in first_reply if x == x]
+    prepare = service.prepare_s[-len(published):] if published else []
     return {
+        # Staging: from the version's announcement until the worker had it loaded, while it
+        # kept serving the previous one (the live flip follows).
+        "prepare_s": {"p50": round(statistics.median(prepare), 3) if prepare else None,
+                      "max": round(max(prepare), 3) if prepare else None},
         "versions_published": len(published), "summary": summarise(samples, duration_s),
         "stale_replies": stale,
         "publish_to_first_reply_s": {"p50": round(statistics.median(finite), 3) if finite

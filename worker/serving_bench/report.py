@@ -86,13 +86,20 @@ def render(payload: dict[str, Any]) -> str:
         base = s["baseline"]
         out += ["## Hot swap under load", "",
                 f"{s['versions_published']} versions published (one more task each) during "
-                f"{s['duration_s']} s at concurrency {s['concurrency']}.", "",
-                "| failed | stale replies | publish → first reply p50 s | max s | rows/s "
-                "during swaps | rows/s without |", "|---|---|---|---|---|---|",
+                f"{s['duration_s']} s at concurrency {s['concurrency']} over "
+                f"{s.get('tasks', '?')} live tasks. Each publish is staged first: the worker "
+                "loads the version on its prefetch thread while serving the old one (prepare), "
+                "then the live pointer moves and the next batch swaps by reference.", "",
+                "| failed | stale replies | prepare p50 s | prepare max s | publish → first "
+                "reply p50 s | max s | rows/s during swaps | rows/s without | max latency ms "
+                "during swaps | without |", "|---|---|---|---|---|---|---|---|---|---|",
                 f"| {s['summary']['failed']} | {s['stale_replies']} | "
+                f"{_fmt(s.get('prepare_s', {}).get('p50'))} | "
+                f"{_fmt(s.get('prepare_s', {}).get('max'))} | "
                 f"{_fmt(s['publish_to_first_reply_s']['p50'])} | "
                 f"{_fmt(s['publish_to_first_reply_s']['max'])} | "
-                f"{s['summary']['rows_per_s']} | {base['rows_per_s']} |", ""]
+                f"{s['summary']['rows_per_s']} | {base['rows_per_s']} | "
+                f"{_fmt(s['summary'].get('max_ms'))} | {_fmt(base.get('max_ms'))} |", ""]
     if payload.get("memory"):
         out += ["## Memory and swap time against live tasks", "",
                 "Per row a fresh process loads the base model, syncs the version with that many "

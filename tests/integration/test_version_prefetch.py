@@ -1,0 +1,78 @@
+"""Staged publishes: an inference worker's prefetch thread loads a version before it goes live."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from adapters_store.blobstore import BlobStore
+from adapters_store.registry import Registry
+from adapters_store.streams import Heartbeat
+from tests.factories import CPU, bank_manifest, random_module
+from worker.bank import LoadedBank
+from worker.version_prefetch import VersionPrefetcher
+
+
+def _beat(registry: Registry, worker_id: str, kind: str = "inference") -> None:
+    registry.beat(Heartbeat(worker_id=worker_id, kind=kind, pid=1, version=None), ttl_s=30)
+
+
+def test_staged_version_loads_off_the_serving_path_and_is_reported_prepared(
+        registry: Registry, tmp_path: Path) -> None:
+    blobs = BlobStore(tmp_path)
+    a, b = random_module("lora", 0, seed=1), random_module("lora", 1, seed=2)
+    v1 = bank_manifest(blobs, 1, [a], {"t": [0, None]})
+    v2 = bank_manifest(blobs, 2, [a, b], {"t": [0, None], "u": [0, 1]}, parent="v1")
+    registry.publish(v1, reason="test")
+    bank = LoadedBank(blobs, CPU, keep=1)
+    serving: list[str | None] = [None]
+    prefetch = VersionPrefetcher(registry, bank, "w-1", 0.01, serving=lambda: serving[0])
+    prefetch.poll_once()
+    assert bank.get("v1") is not None  # the live version, loaded without being staged
+    serving[0] = "v1"
+
+    registry.stage(v2)
+    assert registry.live_version() == "v1" and registry.staged_version() == "v2"
+    prefetch.poll_once()
+    assert bank.get("v2") is not None
+    assert bank.get("v1") is not None  # keep=1, but the version being served is never evicted
+    assert bank.get("v2").tasks["u"].modules[0] is bank.get("v1").tasks["t"].modules[0]
+
+    _beat(registry, "w-1")
+    _beat(registry, "trainer-1", kind="trainer")  # only inference workers are waited for
+    report = registry.await_prepared("v2", timeout_s=5)
+    assert (report.workers, report.prepared) == (1, 1) and report.waited_s < 1
+
+    _beat(registry, "w-2")  # a second worker that never loads it: the wait is bounded
+    started = time.monotonic()
+    late = registry.publish(v2, reason="test", prepare_timeout_s=0.3)
+    assert late is not None and (late.workers, late.prepared) == (2, 1)
+    assert 0.3 <= time.monotonic() - started < 3
+    assert registry.live_version() == "v2"
+
+
+def test_a_broken_staged_version_is_skipped_and_the_live_one_still_loads(
+        registry: Registry, tmp_path: Path) -> None:
+    blobs = BlobStore(tmp_path)
+    a, b = random_module("bottleneck", 0, seed=3), random_module("bottleneck", 1, seed=4)
+    v1 = bank_manifest(blobs, 1, [a], {"t": [0, None]})
+    broken = bank_manifest(BlobStore(tmp_path / "elsewhere"), 2, [a, b], {"t": [0, 1]},
+                           parent="v1")  # its blobs are not in this worker's store
+    registry.publish(v1, reason="test")
+    registry.stage(broken)
+    bank = LoadedBank(blobs, CPU, keep=2)
+    prefetch = VersionPrefetcher(registry, bank, "w-1", 0.01, serving=lambda: None)
+    prefetch.poll_once()
+    prefetch.poll_once()  # within the retry interval: no second attempt, no exception
+    assert bank.get("v1") is not None and bank.get("v2") is None
+    _beat(registry, "w-1")
+    report = registry.await_prepared("v2", timeout_s=0.1)
+    assert (report.workers, report.prepared) == (1, 0)
+
+
+def test_publish_without_inference_workers_does_not_wait(registry: Registry,
+                                                         tmp_path: Path) -> None:
+    v1 = bank_manifest(BlobStore(tmp_path), 1, [random_module("lora", 0)], {"t": [0, None]})
+    report = registry.publish(v1, reason="test", prepare_timeout_s=30)
+    assert report is not None and report.workers == 0 and report.waited_s < 1
+    assert registry.live_version() == "v1" and registry.manifest("v1").version == "v1"

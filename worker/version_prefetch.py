@@ -1,0 +1,86 @@
+"""Loading bank versions on an inference worker's second thread, off its serving path."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+
+import redis
+
+from adapters_store.registry import Registry
+from worker.bank import LoadedBank
+
+log = logging.getLogger(__name__)
+
+# A version that failed to load (bad blob, missing manifest) is retried this much later, so a
+# broken stage costs one attempt per interval rather than one per poll.
+RETRY_AFTER_S = 5.0
+
+
+class VersionPrefetcher:
+    """Loads the staged and the live version whenever the bank lacks one, and tells the
+    registry once a staged version is loaded, so a publish can wait for its workers.
+
+    Parsing a manifest and loading its new modules takes tens of milliseconds to seconds with
+    thousands of tasks; done here, the serving thread only swaps a reference between batches.
+    """
+
+    def __init__(self, registry: Registry, bank: LoadedBank, worker_id: str, poll_s: float,
+                 serving: Callable[[], str | None]) -> None:
+        self.registry = registry
+        self.bank = bank
+        self.worker_id = worker_id
+        self.poll_s = poll_s
+        self.serving = serving  # the version the serving thread holds: never evicted
+        self.halt = threading.Event()
+        self._prepared: set[str] = set()
+        self._failed: dict[str, float] = {}
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        self.halt.clear()
+        self._thread = threading.Thread(target=self._loop, daemon=True, name="prefetch")
+        self._thread.start()
+
+    def stop(self) -> None:
+        self.halt.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+
+    def _loop(self) -> None:
+        while not self.halt.is_set():
+            try:
+                self.poll_once()
+            except redis.RedisError as exc:  # the serving loop reports outages; just wait
+                log.debug("prefetch on %s: redis unavailable: %s", self.worker_id, exc)
+            self.halt.wait(self.poll_s)
+
+    def poll_once(self) -> None:
+        """One look at the staged and live pointers; loads what is missing."""
+        staged, live = self.registry.staged_version(), self.registry.live_version()
+        for version in dict.fromkeys(v for v in (live, staged) if v is not None):
+            if self.bank.get(version) is None and not self._load(version):
+                continue
+            if version == staged and version not in self._prepared:
+                self.registry.mark_prepared(version, self.worker_id)
+                self._prepared.add(version)
+
+    def _load(self, version: str) -> bool:
+        failed_at = self._failed.get(version)
+        if failed_at is not None and time.monotonic() - failed_at < RETRY_AFTER_S:
+            return False
+        serving = self.serving()
+        try:
+            manifest = self.registry.manifest(version)
+            self.bank.sync(manifest, protect=frozenset({serving} if serving else ()))
+        except redis.RedisError:
+            raise
+        except Exception:  # noqa: BLE001 - a bad version must not stop the prefetcher
+            log.exception("worker %s could not prefetch bank %s", self.worker_id, version)
+            self._failed[version] = time.monotonic()
+            return False
+        self._failed.pop(version, None)
+        log.info("worker %s prefetched bank %s", self.worker_id, version)
+        return True
