@@ -35,9 +35,9 @@ _REPLY_ERRORS: dict[str, type[AdapterdError]] = {
 }
 READ_BLOCK_MS = 1000
 READ_COUNT = 256
-# Upper bound on entries a reply stream may hold if we fall behind or die; replies are deleted
-# as soon as they are read, so this only matters for a stream nobody reads any more.
-REPLY_STREAM_MAXLEN = 10_000
+# Read replies are trimmed at most this often (one round trip per interval, not one per batch:
+# at concurrency 1 that was one of the few round trips each request paid).
+FORGET_EVERY_S = 0.5
 
 
 # XADD unless the stream already holds ARGV[1] entries: returns -1 when queued, else the depth.
@@ -125,6 +125,7 @@ class InferenceClient:
 
     async def _read_replies(self) -> None:
         last_id = "0-0"
+        forgotten_at, unforgotten = time.monotonic(), False
         backoff = 0.1
         while True:
             try:
@@ -148,7 +149,10 @@ class InferenceClient:
                 except Exception:
                     # A reader that dies would turn every later predict into a timeout.
                     logger.exception("reply reader %s failed on a batch", self.api_id)
-                await self._forget(entries)
+            unforgotten = unforgotten or bool(batches)
+            if unforgotten and time.monotonic() - forgotten_at >= FORGET_EVERY_S:
+                await self._forget(last_id)
+                forgotten_at, unforgotten = time.monotonic(), False
 
     def _dispatch(self, entries: list) -> None:
         for entry_id, fields in entries:
@@ -165,11 +169,12 @@ class InferenceClient:
                 continue
             future.set_result(reply)
 
-    async def _forget(self, entries: list) -> None:
+    async def _forget(self, last_id: bytes | str) -> None:
+        """Drop every reply up to ``last_id`` (all read) and push the stream's expiry out."""
+        ms, _, seq = (last_id.decode() if isinstance(last_id, bytes) else last_id).partition("-")
         try:
             async with self.r.pipeline(transaction=False) as pipe:
-                pipe.xdel(self.reply_stream, *[entry_id for entry_id, _ in entries])
-                pipe.xtrim(self.reply_stream, maxlen=REPLY_STREAM_MAXLEN, approximate=True)
+                pipe.xtrim(self.reply_stream, minid=f"{ms}-{int(seq or 0) + 1}")
                 pipe.pexpire(self.reply_stream, self.reply_ttl_ms)
                 await pipe.execute()
         except redis.RedisError as exc:

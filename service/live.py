@@ -16,8 +16,13 @@ from adapters_store.registry import Registry
 
 MANIFEST_CACHE_SIZE = 8
 WORKER_CACHE_S = 1.0
-# How often the API looks for a staged version to parse before it goes live.
+# How often the API looks for a staged version to parse before it goes live, and refreshes its
+# copy of the live pointer.
 STAGED_POLL_S = 0.1
+# A predict trusts a live pointer read this recently instead of a GET of its own (one round trip
+# of the few a request makes). Stale by at most this long, it can only send a request the worker
+# then answers from its own, newer live version; a task missing from it is looked up afresh.
+LIVE_POINTER_MAX_AGE_S = 0.25
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +37,8 @@ class LiveView:
         self._manifests: dict[str, BankManifest] = {}
         self._worker_seen_at = float("-inf")
         self._watcher: asyncio.Task[None] | None = None
+        self._live: str | None = None
+        self._live_read_at = float("-inf")
 
     async def start(self) -> None:
         """Parse staged versions ahead of their publish, so the first predict after a swap
@@ -51,7 +58,9 @@ class LiveView:
         while True:
             version = None
             try:
-                raw = await self.r.get(self.registry.keys.staged)
+                read_at = time.monotonic()
+                raw, live = await self.r.mget(self.registry.keys.staged, self.registry.keys.live)
+                self._remember_live(live, read_at)
                 version = raw.decode() if isinstance(raw, bytes) else raw
                 if version is not None and version not in failed:
                     await self.manifest(version)
@@ -64,9 +73,20 @@ class LiveView:
                 failed.add(version)
             await asyncio.sleep(STAGED_POLL_S)
 
-    async def live_version(self) -> str | None:
+    async def live_version(self, fresh: bool = True) -> str | None:
+        """The live pointer; with ``fresh=False`` a copy read in the last
+        ``LIVE_POINTER_MAX_AGE_S`` will do."""
+        if not fresh and time.monotonic() - self._live_read_at < LIVE_POINTER_MAX_AGE_S:
+            return self._live
+        read_at = time.monotonic()
         raw = await self.r.get(self.registry.keys.live)
-        return raw.decode() if isinstance(raw, bytes) else raw
+        self._remember_live(raw, read_at)
+        return self._live
+
+    def _remember_live(self, raw: bytes | str | None, read_at: float) -> None:
+        if read_at >= self._live_read_at:
+            self._live = raw.decode() if isinstance(raw, bytes) else raw
+            self._live_read_at = read_at
 
     async def manifest(self, version: str) -> BankManifest:
         """The manifest of ``version``; NotFound if it was never published."""
@@ -79,8 +99,8 @@ class LiveView:
         self._manifests[version] = manifest
         return manifest
 
-    async def live_manifest(self) -> BankManifest | None:
-        version = await self.live_version()
+    async def live_manifest(self, fresh: bool = True) -> BankManifest | None:
+        version = await self.live_version(fresh)
         return await self.manifest(version) if version else None
 
     async def inference_worker_alive(self) -> bool:

@@ -117,7 +117,12 @@ class InferenceWorker(StreamWorker):
         return self.base_heartbeat(current.version if current else None, str(self.device))
 
     def before_read(self) -> None:
-        self.maybe_swap()
+        # No round trip here: an idle worker adopts what its prefetcher saw go live (and has
+        # loaded); handle() reads the pointer itself before serving anything.
+        live = self.prefetcher.live
+        loaded = self.bank.get(live) if live is not None else None
+        if loaded is not None and (self.current is None or self.current.version != live):
+            self._adopt(loaded)
 
     def handle(self, entries: list[Entry], pipe: redis.client.Pipeline) -> None:
         # The API saw the live pointer before enqueueing; re-reading it after the read means a
@@ -141,8 +146,11 @@ class InferenceWorker(StreamWorker):
             log.exception("worker %s could not load bank %s; still serving %s", self.worker_id,
                           live, self.current.version if self.current else None)
             return
+        self._adopt(loaded)
+
+    def _adopt(self, loaded: LoadedVersion) -> None:
         log.info("worker %s swapped %s -> %s", self.worker_id,
-                 self.current.version if self.current else None, live)
+                 self.current.version if self.current else None, loaded.version)
         self.current = loaded
 
     # ---- serving ----------------------------------------------------------------------------

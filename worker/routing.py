@@ -146,25 +146,19 @@ class SegmentRouting:
         groups, rest = _same_shape_groups(segments, part, LoraPart,
                                           lambda p: p.lora_A.shape[0], LORA_BATCH_MIN_SEGMENTS)
         for group in groups:
-            parts = [seg.module.parts[part] for seg in group]
-            slots = _slots(group, x.device)
-            a = torch.stack([p.lora_A for p in parts]).index_select(0, slots)
-            b = torch.stack([p.lora_B for p in parts]).index_select(0, slots)
-            scale = _to(torch.tensor([p.effective_scale() for p in parts], dtype=x.dtype),
+            per_row = _per_row_parts(group, part)
+            # One stack of each row's weights: a stack per module plus a gather per row copied
+            # every weight twice.
+            a = torch.stack([p.lora_A for p in per_row])
+            b = torch.stack([p.lora_B for p in per_row])
+            scale = _to(torch.tensor([p.effective_scale() for p in per_row], dtype=x.dtype),
                         x.device)
-            rows = [r for seg in group for r in range(seg.start, seg.end)]
-            contiguous = rows == list(range(rows[0], rows[-1] + 1))
-            if contiguous:
-                xs = x[rows[0]:rows[-1] + 1]
-            else:
-                index = _to(torch.tensor(rows), x.device)
-                xs = x.index_select(0, index)
-            delta = torch.bmm(torch.bmm(xs, a.transpose(1, 2)), b.transpose(1, 2))
-            delta *= scale.index_select(0, slots)[:, None, None]
-            if contiguous:
-                y[rows[0]:rows[-1] + 1] += delta
-            else:
-                y.index_add_(0, index, delta)
+            rows = _RowSpan(group, x.device)
+            # The scale goes on the rank-r product (r wide), and the expand accumulates into y:
+            # no full-width delta to allocate, scale and add.
+            shrunk = torch.bmm(rows.read(x), a.transpose(1, 2))
+            shrunk *= scale[:, None, None]
+            rows.add_product(y, shrunk, b.transpose(1, 2))
         return rest
 
     def _bottleneck_batched(self, segments: list[Segment], part: str,
@@ -175,22 +169,14 @@ class SegmentRouting:
                                           lambda p: p.down.out_features,
                                           BOTTLENECK_BATCH_MIN_SEGMENTS)
         for group in groups:
-            parts = [seg.module.parts[part] for seg in group]
-            slots = _slots(group, y.device)
-
-            def rows_of(tensors: list[torch.Tensor], slots: torch.Tensor = slots
-                        ) -> torch.Tensor:
-                return torch.stack(tensors).index_select(0, slots)
-
-            index = _to(torch.tensor([r for seg in group for r in range(seg.start, seg.end)]),
-                        y.device)
-            ys = y.index_select(0, index)
+            per_row = _per_row_parts(group, part)
+            rows = _RowSpan(group, y.device)
             hidden = nn.functional.silu(torch.baddbmm(
-                rows_of([p.down.bias for p in parts])[:, None, :], ys,
-                rows_of([p.down.weight for p in parts]).transpose(1, 2)))
-            delta = torch.baddbmm(rows_of([p.up.bias for p in parts])[:, None, :], hidden,
-                                  rows_of([p.up.weight for p in parts]).transpose(1, 2))
-            y.index_add_(0, index, delta)  # a(y) = y + up(silu(down(y)))
+                torch.stack([p.down.bias for p in per_row])[:, None, :], rows.read(y),
+                torch.stack([p.down.weight for p in per_row]).transpose(1, 2)), inplace=True)
+            # a(y) = y + up(silu(down(y))): the up projection and its bias accumulate into y.
+            rows.add_product(y, hidden, torch.stack([p.up.weight for p in per_row])
+                             .transpose(1, 2), torch.stack([p.up.bias for p in per_row]))
         return rest
 
     def _out_of_place(self, segments: list[Segment], part: str, mode: str, x: torch.Tensor,
@@ -229,10 +215,37 @@ def _to(t: torch.Tensor, device: torch.device) -> torch.Tensor:
     return t if device.type == "cpu" else t.to(device, non_blocking=True)
 
 
-def _slots(group: list[Segment], device: torch.device) -> torch.Tensor:
-    """For each row of ``group``'s segments, in order, the index of its segment."""
-    return _to(torch.tensor([k for k, seg in enumerate(group) for _ in range(seg.end - seg.start)]),
-               device)
+def _per_row_parts(group: list[Segment], part: str) -> list[nn.Module]:
+    """Each row's ``part``, in row order over ``group``'s segments."""
+    return [seg.module.parts[part] for seg in group for _ in range(seg.end - seg.start)]
+
+
+class _RowSpan:
+    """The rows of a group of segments: a slice when they are contiguous (the usual case once
+    rows are sorted by route), else an index for index_select/index_add."""
+
+    def __init__(self, group: list[Segment], device: torch.device) -> None:
+        self.start, self.end = group[0].start, group[-1].end
+        contiguous = all(a.end == b.start for a, b in zip(group, group[1:], strict=False))
+        self.index = None if contiguous else _to(
+            torch.tensor([r for seg in group for r in range(seg.start, seg.end)]), device)
+
+    def read(self, t: torch.Tensor) -> torch.Tensor:
+        return t[self.start:self.end] if self.index is None else t.index_select(0, self.index)
+
+    def add_product(self, y: torch.Tensor, h: torch.Tensor, w: torch.Tensor,
+                    bias: torch.Tensor | None = None) -> None:
+        """y[rows] += h @ w (+ bias per row), in place: into a contiguous span directly."""
+        if self.index is None:
+            span = y[self.start:self.end]
+            span.baddbmm_(h, w)
+            if bias is not None:
+                span += bias[:, None, :]
+            return
+        delta = torch.bmm(h, w)
+        if bias is not None:
+            delta += bias[:, None, :]
+        y.index_add_(0, self.index, delta)
 
 
 def route_order(keys: list[tuple[str, ...]]) -> list[int]:

@@ -35,6 +35,7 @@ class VersionPrefetcher:
         self.poll_s = poll_s
         self.serving = serving  # the version the serving thread holds: never evicted
         self.halt = threading.Event()
+        self.live: str | None = None  # the live pointer as of the last poll
         self._prepared: set[str] = set()
         self._failed: dict[str, float] = {}
         self._thread: threading.Thread | None = None
@@ -60,6 +61,7 @@ class VersionPrefetcher:
     def poll_once(self) -> None:
         """One look at the staged and live pointers; loads what is missing."""
         staged, live = self.registry.staged_version(), self.registry.live_version()
+        self.live = live
         for version in dict.fromkeys(v for v in (live, staged) if v is not None):
             if self.bank.get(version) is None and not self._load(version):
                 continue

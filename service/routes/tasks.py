@@ -152,8 +152,11 @@ def _check_kind(route: Route, items: list[InputItem]) -> None:
 
 async def _route_for(task_id: str, version: str | None, live: LiveView,
                      registry: Registry) -> Route:
-    manifest = await (live.manifest(version) if version else live.live_manifest())
+    manifest = await (live.manifest(version) if version else live.live_manifest(fresh=False))
     route = manifest.routes.get(task_id) if manifest else None
+    if route is None and version is None:  # perhaps published since our copy of the pointer
+        manifest = await live.live_manifest()
+        route = manifest.routes.get(task_id) if manifest else None
     if route is None:
         raise await anyio.to_thread.run_sync(missing_route_error, registry, task_id)
     return route
