@@ -18,7 +18,7 @@ def test_serving_benchmark_runs_every_part(tmp_path: Path) -> None:
         "bench", "serving", "--base-model", "tiny-bert", "--device", "cpu", "--threads", "1",
         "--tasks", "1,4", "--reps", "2", "--batch-rows", "8", "--words", "8",
         "--http-tasks", "4", "--concurrency", "1,2", "--duration", "2", "--swap-versions", "2",
-        "--memory-tasks", "1,4", "--memory-shapes", "lora", "--out", str(out)])
+        "--memory-tasks", "1,4", "--memory-shapes", "lora,lora@bfloat16", "--out", str(out)])
     assert code == 0
     payload = json.loads((out / "serving.json").read_text())
     engine = payload["engine"]
@@ -34,7 +34,11 @@ def test_serving_benchmark_runs_every_part(tmp_path: Path) -> None:
     swap = payload["swap"]
     assert swap["summary"]["failed"] == 0 and swap["stale_replies"] == 0
     assert swap["versions_published"] == 2
-    assert [r["tasks"] for r in payload["memory"]] == [1, 4]
+    assert swap["prepare_s"]["max"] is not None  # every publish was staged and prepared
+    memory = payload["memory"]
+    assert [(r["tasks"], r["dtype"]) for r in memory] == [
+        (1, "float32"), (4, "float32"), (1, "bfloat16"), (4, "bfloat16")]
+    assert all(r["prepare_one_more_task_s"] > 0 for r in memory)
     md = (out / "serving.md").read_text()
     assert "Hot swap under load" in md and "serving-engine.png" in md
     assert (out / "serving-engine.png").stat().st_size > 0

@@ -9,7 +9,9 @@ import json
 import os
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -76,29 +78,66 @@ class BankWriter:
                             note=f"synthetic {self.bank.shape} bank of {tasks} tasks")
 
 
-def _measure(blobs: Path, manifest: Path, grown: Path, base_name: str, device: str) -> dict:
-    """In a fresh process: RSS after loading the base, after syncing ``manifest`` (cold load),
-    and the time to sync ``grown`` (one more task) next."""
-    from worker.base_model import load_base
+def _longest_step(step: Callable[[], object], while_alive: threading.Thread | None,
+                  steps: int) -> float:
+    """The longest of ``steps`` serving steps (at least), or of every step while
+    ``while_alive`` runs: what a request waits longest for while a version loads beside it."""
+    longest, done = 0.0, 0
+    while done < steps or (while_alive is not None and while_alive.is_alive()):
+        started = time.perf_counter()
+        step()
+        longest = max(longest, time.perf_counter() - started)
+        done += 1
+    return longest
 
-    dev = torch.device(device)
-    load_base(base_name, dev, 128)
+
+def _measure(blobs: Path, manifest: Path, grown: Path, base_name: str, device: str,
+             dtype_name: str) -> dict:
+    """In a fresh process: RSS after loading the base, after loading ``manifest`` (cold load),
+    then ``grown`` (one more task) prepared as the inference worker's prefetch thread does it
+    (parse + load of the new modules) while this thread keeps running one-row forwards: how
+    long the prepare takes and the longest forward meanwhile, against the longest without."""
+    from worker.base_model import load_base
+    from worker.routed_model import RoutedEncoder
+    from worker.serving_bench.synthetic import sentences
+
+    dev, dtype = torch.device(device), getattr(torch, dtype_name)
+    model = RoutedEncoder(load_base(base_name, dev, 128)).eval().to(dtype)
+    batch = model.base.tokenize(sentences(1, 20, 0), dev)
     gc.collect()
     before = rss_bytes()
-    loaded = LoadedBank(BlobStore(blobs), dev, keep=2)
+    loaded = LoadedBank(BlobStore(blobs), dev, keep=2, dtype=dtype)
     started = time.perf_counter()
-    loaded.sync(BankManifest.model_validate_json(manifest.read_text()))
+    current = loaded.sync(BankManifest.from_json(manifest.read_text()))
     cold = time.perf_counter() - started
     after = rss_bytes()
-    started = time.perf_counter()
-    loaded.sync(BankManifest.model_validate_json(grown.read_text()))
-    swap = time.perf_counter() - started
+
+    def forward() -> None:
+        with torch.inference_mode():
+            model.embed(batch, None)
+
+    idle = _longest_step(forward, None, 20)
+    prepared: list[float] = []
+
+    def prepare() -> None:
+        begun = time.perf_counter()
+        loaded.sync(BankManifest.from_json(grown.read_text()),
+                    protect=frozenset({current.version}))
+        prepared.append(time.perf_counter() - begun)
+
+    thread = threading.Thread(target=prepare)
+    thread.start()
+    during = _longest_step(forward, thread, 1)
+    thread.join()
     return {"rss_over_base_mib": round((after - before) / 2**20, 1), "cold_load_s": round(cold, 3),
-            "swap_one_more_task_s": round(swap, 4), "rss_base_mib": round(before / 2**20, 1)}
+            "prepare_one_more_task_s": round(prepared[0], 4),
+            "longest_forward_ms_while_preparing": round(1000 * during, 1),
+            "longest_forward_ms_idle": round(1000 * idle, 1),
+            "rss_base_mib": round(before / 2**20, 1), "dtype": dtype_name}
 
 
 def growth(shape: str, checkpoints: list[int], base: BaseModelInfo, root: Path,
-           device: torch.device) -> list[dict[str, float | int | str]]:
+           device: torch.device, dtype: str = "float32") -> list[dict[str, float | int | str]]:
     """Versions of 1 … max tasks; for each checkpoint a fresh process loads the base, syncs that
     version (resident memory over the base, cold load time), then the version with one more
     task (the swap time), as an inference worker would."""
@@ -112,7 +151,7 @@ def growth(shape: str, checkpoints: list[int], base: BaseModelInfo, root: Path,
         paths = [root / f"{shape}-{n}.json", root / f"{shape}-{n}-grown.json"]
         for path, m in zip(paths, (manifest, grown), strict=True):
             path.write_text(m.model_dump_json())
-        args = [str(root / shape), *map(str, paths), base.name, str(device)]
+        args = [str(root / shape), *map(str, paths), base.name, str(device), dtype]
         done = subprocess.run([sys.executable, "-m", "worker.serving_bench.bank_growth", *args],
                               capture_output=True, text=True, check=True,
                               env=os.environ | {"HF_HUB_OFFLINE": "1"})
@@ -124,6 +163,6 @@ def growth(shape: str, checkpoints: list[int], base: BaseModelInfo, root: Path,
 
 
 if __name__ == "__main__":
-    blobs_dir, manifest_path, grown_path, base_name, device_name = sys.argv[1:6]
+    blobs_dir, manifest_path, grown_path, base_name, device_name, dtype_arg = sys.argv[1:7]
     sys.stdout.write(json.dumps(_measure(Path(blobs_dir), Path(manifest_path), Path(grown_path),
-                                         base_name, device_name)) + "\n")
+                                         base_name, device_name, dtype_arg)) + "\n")

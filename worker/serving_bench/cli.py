@@ -37,7 +37,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--duration", type=float, default=15.0, help="seconds per HTTP level")
     p.add_argument("--swap-versions", type=int, default=5)
     p.add_argument("--memory-tasks", default="1,8,64,256,1000")
-    p.add_argument("--memory-shapes", default="lora,safm,bottleneck")
+    p.add_argument("--memory-shapes", default="lora,safm,bottleneck,bottleneck@bfloat16",
+                   help="shapes, each optionally @dtype (the worker's serving_dtype)")
     p.add_argument("--out", type=Path, default=ROOT / "docs" / "benchmarks")
     p.add_argument("--no-plots", action="store_true")
     p.add_argument("--note", action="append", default=[], help="a line for the notes section")
@@ -113,8 +114,10 @@ def main(argv: list[str] | None = None) -> int:
     if "memory" in parts:
         payload["memory"] = []
         with tempfile.TemporaryDirectory(prefix="adapterd-growth-") as tmp:
-            for shape in args.memory_shapes.split(","):
-                rows = growth(shape, _ints(args.memory_tasks), info, Path(tmp), device)
+            for spec in args.memory_shapes.split(","):
+                shape, _, dtype = spec.partition("@")
+                rows = growth(shape, _ints(args.memory_tasks), info, Path(tmp), device,
+                              dtype or "float32")
                 payload["memory"] += rows
                 for r in rows:
                     print(f"memory {r}", flush=True)

@@ -39,8 +39,9 @@ def http_table(rows: list[dict[str, Any]]) -> list[str]:
 
 
 def memory_table(rows: list[dict[str, Any]]) -> list[str]:
-    keys = ("shape", "tasks", "modules", "adapter_params", "rss_over_base_mib", "cold_load_s",
-            "swap_one_more_task_s")
+    keys = ("shape", "dtype", "tasks", "modules", "adapter_params", "rss_over_base_mib",
+            "cold_load_s", "prepare_one_more_task_s", "longest_forward_ms_while_preparing",
+            "longest_forward_ms_idle")
     lines = ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
     lines += ["| " + " | ".join(_fmt(r.get(k)) for k in keys) + " |" for r in rows]
     return lines
@@ -102,10 +103,13 @@ def render(payload: dict[str, Any]) -> str:
                 f"{_fmt(s['summary'].get('max_ms'))} | {_fmt(base.get('max_ms'))} |", ""]
     if payload.get("memory"):
         out += ["## Memory and swap time against live tasks", "",
-                "Per row a fresh process loads the base model, syncs the version with that many "
-                "tasks (cold load), then the version with one more task (the swap: only the new "
-                "modules load, and serving changes version by a reference between batches). "
-                "Resident memory is that process's RSS growth over the loaded base.", ""]
+                "Per row a fresh process loads the base model and the version with that many "
+                "tasks (cold load; resident memory is the RSS growth over the loaded base), then "
+                "prepares the version with one more task on a second thread, as the inference "
+                "worker's prefetcher does (parse the manifest, load only the new modules), while "
+                "the first thread keeps running one-row forwards: the longest forward meanwhile "
+                "against the longest of 20 idle ones shows whether preparing stalls serving. The "
+                "swap itself is a reference change between batches.", ""]
         out += memory_table(payload["memory"]) + [""]
     if payload.get("notes"):
         out += ["## Notes", ""] + [f"- {n}" for n in payload["notes"]] + [""]
