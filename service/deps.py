@@ -1,5 +1,8 @@
 """Dependency aliases for what the lifespan builds once per process and keeps on app.state."""
 
+# Every getter is ``async def``: FastAPI runs a plain ``def`` dependency on a worker thread, and
+# predict's six cost more than its whole route (a thread hop each, measured at concurrency 1).
+
 from __future__ import annotations
 
 from typing import Annotated
@@ -14,27 +17,27 @@ from service.live import LiveView
 from service.metrics import Metrics
 
 
-def get_settings(request: Request) -> Settings:
+async def get_settings(request: Request) -> Settings:
     return request.app.state.settings
 
 
-def get_registry(request: Request) -> Registry:
+async def get_registry(request: Request) -> Registry:
     return request.app.state.registry
 
 
-def get_blobs(request: Request) -> Blobs:
+async def get_blobs(request: Request) -> Blobs:
     return request.app.state.blobs
 
 
-def get_inference(request: Request) -> InferenceClient:
+async def get_inference(request: Request) -> InferenceClient:
     return request.app.state.inference
 
 
-def get_live(request: Request) -> LiveView:
+async def get_live(request: Request) -> LiveView:
     return request.app.state.live
 
 
-def get_metrics(request: Request) -> Metrics:
+async def get_metrics(request: Request) -> Metrics:
     return request.app.state.metrics
 
 

@@ -165,10 +165,10 @@ async def _route_for(task_id: str, version: str | None, live: LiveView,
 @router.post("/{task_id}/predict", response_model=PredictResponse, dependencies=[InferenceAuth],
              responses=ERRORS, summary="Classify inputs with the task's live route")
 async def predict(
-    task_id: TaskIdPath, body: PredictRequest, request: Request, response: Response,
+    task_id: TaskIdPath, body: PredictRequest, request: Request,
     settings: SettingsDep, registry: RegistryDep, live: LiveDep, inference: InferenceDep,
     metrics: MetricsDep,
-) -> PredictResponse:
+) -> Response:
     started = time.perf_counter()
     items = _inputs(body, settings.max_inputs_per_request, settings.max_input_chars)
     route = await _route_for(task_id, body.version, live, registry)
@@ -184,16 +184,20 @@ async def predict(
         raise UpstreamError("the worker answered with the wrong number of predictions",
                             {"inputs": len(items), "worker_id": reply.worker_id})
     metrics.observe_reply(reply, len(items))
-    if reply.version:
-        response.headers["X-Adapter-Version"] = reply.version
+    body_json = PredictResponse(task_id=task_id, version=reply.version,
+                                predictions=reply.outputs).model_dump_json()
     # Where the time went, for clients and benchmarks: waiting in the queue, the worker's
     # forward, the reply's way back to this API, and everything this route did (api).
-    response.headers["Server-Timing"] = (
+    headers = {"Server-Timing": (
         f"queue;dur={1000 * reply.queue_s:.2f}, compute;dur={1000 * reply.compute_s:.2f}, "
         f"transit;dur={1000 * transit:.2f}, "
-        f"api;dur={1000 * (time.perf_counter() - started):.2f}")
-    response.headers["X-Batch-Rows"] = str(reply.batch_rows)
-    return PredictResponse(task_id=task_id, version=reply.version, predictions=reply.outputs)
+        f"api;dur={1000 * (time.perf_counter() - started):.2f}"),
+        "X-Batch-Rows": str(reply.batch_rows)}
+    if reply.version:
+        headers["X-Adapter-Version"] = reply.version
+    # Serialised here, once: FastAPI would validate the response model again and encode it
+    # through jsonable_encoder (measured: most of predict's time outside this function).
+    return Response(body_json, media_type="application/json", headers=headers)
 
 
 @router.get("", response_model=TaskList, dependencies=[ReadAuth])
