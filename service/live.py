@@ -38,6 +38,7 @@ class LiveView:
         self._worker_seen_at = float("-inf")
         self._watcher: asyncio.Task[None] | None = None
         self._live: str | None = None
+        self._forgot_at = float("-inf")
         self._live_read_at = float("-inf")
 
     async def start(self) -> None:
@@ -83,8 +84,14 @@ class LiveView:
         self._remember_live(raw, read_at)
         return self._live
 
+    def forget_live(self) -> None:
+        """This process just moved the pointer (rollback, delete): the next predict reads it,
+        and a read begun before now is not remembered."""
+        self._live_read_at = float("-inf")
+        self._forgot_at = time.monotonic()
+
     def _remember_live(self, raw: bytes | str | None, read_at: float) -> None:
-        if read_at >= self._live_read_at:
+        if read_at >= self._live_read_at and read_at > self._forgot_at:
             self._live = raw.decode() if isinstance(raw, bytes) else raw
             self._live_read_at = read_at
 

@@ -7,7 +7,7 @@ import logging
 from fastapi import APIRouter
 
 from service.auth import AdminAuth, ReadAuth
-from service.deps import RegistryDep
+from service.deps import LiveDep, RegistryDep
 from service.schemas import (
     AdaptersView,
     ErrorResponse,
@@ -34,7 +34,8 @@ def get_versions(registry: RegistryDep) -> VersionsView:
 
 @router.post("/bank/rollback", response_model=VersionEntry, dependencies=[AdminAuth],
              responses={404: {"model": ErrorResponse}, 422: {"model": ErrorResponse}})
-def rollback(body: RollbackRequest, registry: RegistryDep) -> VersionEntry:
+def rollback(body: RollbackRequest, registry: RegistryDep, live: LiveDep) -> VersionEntry:
     entry = registry.rollback(body.version)
+    live.forget_live()
     logger.info("bank rolled back from %s to %s", entry.get("previous"), body.version)
     return VersionEntry.model_validate(entry)

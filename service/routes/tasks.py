@@ -214,11 +214,13 @@ def get_task(task_id: TaskIdPath, registry: RegistryDep) -> TaskDetail:
 
 @router.delete("/{task_id}", response_model=TaskDeleted, dependencies=[AdminAuth],
                responses={404: {"model": ErrorResponse}, 409: {"model": ErrorResponse}})
-def delete_task(task_id: TaskIdPath, registry: RegistryDep) -> TaskDeleted:
+def delete_task(task_id: TaskIdPath, registry: RegistryDep, live: LiveDep) -> TaskDeleted:
     """Cancel the task's unfinished jobs and publish a version without its route; its stored
     datasets and older versions stay (rollback brings the task back). A job that was already
     publishing when the delete came may still publish the task: check the task afterwards."""
-    return TaskDeleted.model_validate(registry.delete_task(task_id))
+    deleted = TaskDeleted.model_validate(registry.delete_task(task_id))
+    live.forget_live()
+    return deleted
 
 
 @router.get("/{task_id}/adapter", dependencies=[ReadAuth],
