@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
@@ -19,6 +20,9 @@ from adapters_store.strategy_params import (
 )
 
 __all__ = ["FINISHED_JOB_STATES", "HAM_ALL_TASK", "RESERVED_TASK_IDS", "ModuleKind", "StrategyName"]
+
+# Records (or routes) a loader handles between two pauses (see BankManifest.from_json).
+PAUSE_EVERY = 32
 
 TASK_ID_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,63}$"
 
@@ -182,16 +186,27 @@ class BankManifest(Record):
     note: str = ""
 
     @classmethod
-    def from_json(cls, raw: str | bytes) -> BankManifest:
+    def from_json(cls, raw: str | bytes, pause: Callable[[], None] | None = None
+                  ) -> BankManifest:
         """Validated record by record: one validate_json over thousands of routes holds the GIL
         for hundreds of milliseconds, stalling the thread that serves (or the API's event loop)
-        beside the one that parses; many short calls let it run in between."""
+        beside the one that parses. ``pause`` runs every ``PAUSE_EVERY`` records, so a loader
+        thread can hand the GIL to the serving thread."""
         data = json.loads(raw)
         if not (isinstance(data, dict) and isinstance(data.get("modules"), dict)
                 and isinstance(data.get("routes"), dict)):
             return cls.model_validate(data)  # malformed: the usual error
-        modules = {k: ModuleRecord.model_validate(v) for k, v in data["modules"].items()}
-        routes = {k: Route.model_validate(v) for k, v in data["routes"].items()}
+
+        def each(items: dict[str, Any], record: type[Record]) -> dict[str, Any]:
+            out = {}
+            for n, (k, v) in enumerate(items.items(), 1):
+                out[k] = record.model_validate(v)
+                if pause is not None and n % PAUSE_EVERY == 0:
+                    pause()
+            return out
+
+        modules = each(data["modules"], ModuleRecord)
+        routes = each(data["routes"], Route)
         shell = cls.model_validate(data | {"modules": {}, "routes": {}})
         return shell.model_copy(update={"modules": modules, "routes": routes})
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import redis
@@ -64,11 +65,11 @@ class Registry:
     def live_version(self) -> str | None:
         return _s(self.r.get(self.keys.live))
 
-    def manifest(self, version: str) -> BankManifest:
+    def manifest(self, version: str, pause: Callable[[], None] | None = None) -> BankManifest:
         raw = self.r.get(self.keys.version(version))
         if raw is None:
             raise NotFound(f"bank version {version!r} does not exist")
-        return BankManifest.from_json(raw)
+        return BankManifest.from_json(raw, pause)
 
     def live_manifest(self) -> BankManifest | None:
         version = self.live_version()

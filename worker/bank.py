@@ -5,13 +5,14 @@ from __future__ import annotations
 import logging
 import threading
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 from adapters_store.blobstore import Blobs
-from adapters_store.records import BankManifest, InputKind
+from adapters_store.records import PAUSE_EVERY, BankManifest, InputKind
 from worker.modules import AdapterModule, head_from_bytes
 
 log = logging.getLogger(__name__)
@@ -79,25 +80,31 @@ class LoadedBank:
         head = head_from_bytes(self.blobs.get(digest))
         return head.to(self.device, self.dtype).eval().requires_grad_(False)
 
-    def sync(self, manifest: BankManifest, protect: frozenset[str] = frozenset()
-             ) -> LoadedVersion:
+    def sync(self, manifest: BankManifest, protect: frozenset[str] = frozenset(),
+             pause: Callable[[], None] | None = None) -> LoadedVersion:
         """Make ``manifest`` servable; check everything loads before anything changes. Versions
-        in ``protect`` (the one being served) are never evicted to make room."""
+        in ``protect`` (the one being served) are never evicted to make room; ``pause`` runs
+        every few modules and routes (a loader thread yielding to the serving one)."""
         with self._lock:
-            return self._sync(manifest, protect)
+            return self._sync(manifest, protect, pause or (lambda: None))
 
-    def _sync(self, manifest: BankManifest, protect: frozenset[str]) -> LoadedVersion:
+    def _sync(self, manifest: BankManifest, protect: frozenset[str],
+              pause: Callable[[], None]) -> LoadedVersion:
         if manifest.version in self.versions:
             self.versions.move_to_end(manifest.version)
             return self.versions[manifest.version]
-        new_modules = {m: self._load_module(manifest, m)
-                       for m in manifest.modules.keys() - self.modules.keys()}
+        new_modules = {}
+        for n, m in enumerate(manifest.modules.keys() - self.modules.keys(), 1):
+            new_modules[m] = self._load_module(manifest, m)
+            if n % PAUSE_EVERY == 0:
+                pause()
         wanted_heads = {r.head.blob for r in manifest.routes.values()}
         new_heads = {h: self._load_head(h) for h in wanted_heads - self.heads.keys()}
         self.modules.update(new_modules)
         self.heads.update(new_heads)
-        tasks = {
-            task_id: TaskRuntime(
+        tasks = {}
+        for n, (task_id, route) in enumerate(manifest.routes.items(), 1):
+            tasks[task_id] = TaskRuntime(
                 task_id=task_id,
                 module_ids=list(route.layers),
                 modules=[None if m is None else self.modules[m] for m in route.layers],
@@ -105,8 +112,8 @@ class LoadedBank:
                 labels=route.head.labels,
                 input_kind=route.input_kind,
             )
-            for task_id, route in manifest.routes.items()
-        }
+            if n % PAUSE_EVERY == 0:
+                pause()
         loaded = LoadedVersion(manifest=manifest, tasks=tasks,
                                modules={m: self.modules[m] for m in manifest.modules})
         self.versions[manifest.version] = loaded

@@ -19,6 +19,13 @@ log = logging.getLogger(__name__)
 RETRY_AFTER_S = 5.0
 
 
+def yield_to_serving() -> None:
+    """Called every few records while a version loads: sleeping releases the GIL, so a serving
+    thread waiting for it runs now instead of after the switch interval, op after op (measured
+    with 1,000 tasks: a one-row forward took up to 354 ms while a version loaded, 27 ms idle)."""
+    time.sleep(0)
+
+
 class VersionPrefetcher:
     """Loads the staged and the live version whenever the bank lacks one, and tells the
     registry once a staged version is loaded, so a publish can wait for its workers.
@@ -75,8 +82,9 @@ class VersionPrefetcher:
             return False
         serving = self.serving()
         try:
-            manifest = self.registry.manifest(version)
-            self.bank.sync(manifest, protect=frozenset({serving} if serving else ()))
+            manifest = self.registry.manifest(version, pause=yield_to_serving)
+            self.bank.sync(manifest, protect=frozenset({serving} if serving else ()),
+                           pause=yield_to_serving)
         except redis.RedisError:
             raise
         except Exception:  # noqa: BLE001 - a bad version must not stop the prefetcher

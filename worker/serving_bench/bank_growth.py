@@ -21,6 +21,7 @@ from adapters_store.records import BankManifest, BaseModelInfo, HeadRecord, Modu
 from worker.bank import LoadedBank
 from worker.modules import AdapterModule, head_to_bytes
 from worker.serving_bench.synthetic import SyntheticBank, build_bank
+from worker.version_prefetch import yield_to_serving
 
 
 def rss_bytes() -> int:
@@ -121,8 +122,8 @@ def _measure(blobs: Path, manifest: Path, grown: Path, base_name: str, device: s
 
     def prepare() -> None:
         begun = time.perf_counter()
-        loaded.sync(BankManifest.from_json(grown.read_text()),
-                    protect=frozenset({current.version}))
+        loaded.sync(BankManifest.from_json(grown.read_text(), yield_to_serving),
+                    protect=frozenset({current.version}), pause=yield_to_serving)
         prepared.append(time.perf_counter() - begun)
 
     thread = threading.Thread(target=prepare)
