@@ -89,8 +89,10 @@ class Registry:
             pipe.set(self.keys.staged, manifest.version)
             pipe.execute()
 
-    def staged_version(self) -> str | None:
-        return _s(self.r.get(self.keys.staged))
+    def staged_and_live(self) -> tuple[str | None, str | None]:
+        """The staged and the live version, in one round trip."""
+        staged, live = self.r.mget(self.keys.staged, self.keys.live)
+        return _s(staged), _s(live)
 
     def mark_prepared(self, version: str, worker_id: str) -> None:
         with self.r.pipeline(transaction=False) as pipe:
@@ -125,6 +127,8 @@ class Registry:
             current = _s(pipe.get(self.keys.live))
             if current != manifest.parent:
                 pipe.reset()
+                if report is not None:  # a staged version that will never be live: unstore it
+                    self.r.delete(self.keys.version(manifest.version))
                 raise Conflict(
                     f"live version moved to {current} while {manifest.version} was built on "
                     f"{manifest.parent}",
@@ -133,7 +137,8 @@ class Registry:
             entry = {"version": manifest.version, "at": time.time(), "reason": reason,
                      "previous": current}
             pipe.multi()
-            pipe.set(self.keys.version(manifest.version), manifest.to_json())
+            if report is None:  # staging stored it already
+                pipe.set(self.keys.version(manifest.version), manifest.to_json())
             pipe.set(self.keys.live, manifest.version)
             pipe.rpush(self.keys.history, json.dumps(entry))
             pipe.xadd(self.keys.events, {"m": json.dumps({"type": "publish", **entry})},

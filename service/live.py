@@ -27,6 +27,10 @@ LIVE_POINTER_MAX_AGE_S = 0.25
 log = logging.getLogger(__name__)
 
 
+def _text(raw: bytes | str | None) -> str | None:
+    return raw.decode() if isinstance(raw, bytes) else raw
+
+
 class LiveView:
     """Manifests are immutable, so caching one by version is always correct; a request costs one
     async GET of the live pointer, and a manifest is parsed again only when the pointer moves."""
@@ -62,7 +66,7 @@ class LiveView:
                 read_at = time.monotonic()
                 raw, live = await self.r.mget(self.registry.keys.staged, self.registry.keys.live)
                 self._remember_live(live, read_at)
-                version = raw.decode() if isinstance(raw, bytes) else raw
+                version = _text(raw)
                 if version is not None and version not in failed:
                     await self.manifest(version)
             except asyncio.CancelledError:
@@ -92,7 +96,7 @@ class LiveView:
 
     def _remember_live(self, raw: bytes | str | None, read_at: float) -> None:
         if read_at >= self._live_read_at and read_at > self._forgot_at:
-            self._live = raw.decode() if isinstance(raw, bytes) else raw
+            self._live = _text(raw)
             self._live_read_at = read_at
 
     async def manifest(self, version: str) -> BankManifest:

@@ -67,7 +67,7 @@ class VersionPrefetcher:
 
     def poll_once(self) -> None:
         """One look at the staged and live pointers; loads what is missing."""
-        staged, live = self.registry.staged_version(), self.registry.live_version()
+        staged, live = self.registry.staged_and_live()
         self.live = live
         for version in dict.fromkeys(v for v in (live, staged) if v is not None):
             if self.bank.get(version) is None and not self._load(version):

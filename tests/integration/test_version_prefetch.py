@@ -5,7 +5,10 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+import pytest
+
 from adapters_store.blobstore import BlobStore
+from adapters_store.errors import Conflict, NotFound
 from adapters_store.registry import Registry
 from adapters_store.streams import Heartbeat
 from tests.factories import CPU, bank_manifest, random_module
@@ -32,7 +35,7 @@ def test_staged_version_loads_off_the_serving_path_and_is_reported_prepared(
     serving[0] = "v1"
 
     registry.stage(v2)
-    assert registry.live_version() == "v1" and registry.staged_version() == "v2"
+    assert registry.staged_and_live() == ("v2", "v1")
     prefetch.poll_once()
     assert bank.get("v2") is not None
     assert bank.get("v1") is not None  # keep=1, but the version being served is never evicted
@@ -76,3 +79,8 @@ def test_publish_without_inference_workers_does_not_wait(registry: Registry,
     report = registry.publish(v1, reason="test", prepare_timeout_s=30)
     assert report is not None and report.workers == 0 and report.waited_s < 1
     assert registry.live_version() == "v1" and registry.manifest("v1").version == "v1"
+    stale = bank_manifest(BlobStore(tmp_path), 2, [random_module("lora", 0)], {"t": [0, None]})
+    with pytest.raises(Conflict):  # built on no parent while v1 is live: never published
+        registry.publish(stale, reason="test", prepare_timeout_s=30)
+    with pytest.raises(NotFound):  # and not left stored, where a rollback could reach it
+        registry.manifest("v2")
