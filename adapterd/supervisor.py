@@ -60,13 +60,8 @@ def _settings_from(args: argparse.Namespace) -> Settings:
 
 
 def api_argv(host: str, port: int) -> list[str]:
-    """The API under uvicorn. h11 rather than httptools: httptools rejects a request with an
-    unknown method (BREW, FOO) with a plain-text 400 before the app sees it, h11 hands it to the
-    app, which answers with its JSON error body; parsing is microseconds against a forward of
-    milliseconds."""
-    return [sys.executable, "-m", "uvicorn", "service.app:create_app", "--factory", "--http",
-            "h11", "--host", host, "--port", str(port), "--no-access-log",
-            "--timeout-graceful-shutdown", "10"]
+    """The API under uvicorn (service/api_server.py chooses its HTTP parser)."""
+    return [sys.executable, "-m", "service.api_server", "--host", host, "--port", str(port)]
 
 
 def _children(workers: int, trainer: bool, settings: Settings) -> list[Child]:

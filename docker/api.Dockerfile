@@ -46,5 +46,5 @@ EXPOSE 8000
 HEALTHCHECK --interval=15s --timeout=5s --start-period=20s --retries=3 \
     CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8000/healthz', timeout=4)"]
 
-# h11: an unknown method (BREW) reaches the app and gets its JSON error (adapterd/supervisor.py).
-CMD ["uvicorn", "service.app:create_app", "--factory", "--http", "h11", "--host", "0.0.0.0", "--port", "8000"]
+# service.api_server: uvicorn with httptools, whose parse errors (an unknown method) get JSON bodies.
+CMD ["python", "-m", "service.api_server", "--host", "0.0.0.0", "--port", "8000"]

@@ -56,8 +56,13 @@ def error_response(
     headers: dict[str, str] | None = None,
 ) -> JSONResponse:
     merged = {**_STATUS_HEADERS.get(status, {}), **(headers or {})}
-    body = {"error": {"code": code, "message": message, "details": details}}
-    return JSONResponse(body, status_code=status, headers=merged or None)
+    return JSONResponse(error_body(code, message, details), status_code=status,
+                        headers=merged or None)
+
+
+def error_body(code: str, message: str, details: Any = None) -> dict[str, Any]:
+    """Every error's JSON body, whoever answers it (a route, a middleware, the HTTP parser)."""
+    return {"error": {"code": code, "message": message, "details": details}}
 
 
 def _json_safe(value: Any) -> Any:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import torch
@@ -14,6 +14,7 @@ from torch import nn
 from adapters_store.blobstore import Blobs
 from adapters_store.records import PAUSE_EVERY, BankManifest, InputKind
 from worker.modules import AdapterModule, head_from_bytes
+from worker.weight_pool import PooledModule, ServedModule, WeightPools, poolable
 
 log = logging.getLogger(__name__)
 
@@ -24,7 +25,7 @@ class TaskRuntime:
 
     task_id: str
     module_ids: list[str | None]
-    modules: list[AdapterModule | None]
+    modules: list[ServedModule | None]
     head: nn.Linear
     labels: list[str]
     input_kind: InputKind
@@ -38,9 +39,9 @@ class TaskRuntime:
 class LoadedVersion:
     manifest: BankManifest
     tasks: dict[str, TaskRuntime]
-    modules: dict[str, AdapterModule]  # this version's modules by id
+    modules: dict[str, ServedModule]  # this version's modules by id
 
-    def module(self, module_id: str) -> AdapterModule:
+    def module(self, module_id: str) -> ServedModule:
         return self.modules[module_id]
 
     @property
@@ -55,15 +56,22 @@ class LoadedBank:
     swap only loads what the new version adds. The newest ``keep`` versions stay servable.
     Syncs are serialised by a lock: the inference worker prefetches versions on a second thread
     while its serving thread may ask for the live one.
+
+    A ``pooled`` bank (the inference worker's) loads LoRA and bottleneck modules into per-site
+    weight pools instead of nn.Modules (worker/weight_pool.py); the trainer's bank keeps
+    AdapterModules, which it trains, copies and merges. A pooled bank's serving thread calls
+    ``reclaim`` between forwards, so slots of evicted modules are reused only once no forward
+    can still read them.
     """
 
     def __init__(self, blobs: Blobs, device: torch.device, keep: int = 2,
-                 dtype: torch.dtype = torch.float32) -> None:
+                 dtype: torch.dtype = torch.float32, pooled: bool = False) -> None:
         self.blobs = blobs
         self.device = device
         self.dtype = dtype  # serving may run in bf16/fp16; modules are stored in fp32
         self.keep = keep
-        self.modules: dict[str, AdapterModule] = {}
+        self.pools = WeightPools(dtype, device) if pooled else None
+        self.modules: dict[str, ServedModule] = {}
         self.heads: dict[str, nn.Linear] = {}
         self.versions: OrderedDict[str, LoadedVersion] = OrderedDict()
         self._lock = threading.RLock()
@@ -71,8 +79,10 @@ class LoadedBank:
     def get(self, version: str) -> LoadedVersion | None:
         return self.versions.get(version)
 
-    def _load_module(self, manifest: BankManifest, module_id: str) -> AdapterModule:
+    def _load_module(self, manifest: BankManifest, module_id: str) -> ServedModule:
         rec = manifest.modules[module_id]
+        if self.pools is not None and poolable(rec.config):
+            return self.pools.load(rec.layer, rec.config, self.blobs.get(rec.blob))
         module = AdapterModule.from_bytes(rec.layer, rec.config, self.blobs.get(rec.blob))
         return module.to(self.device, self.dtype).eval().requires_grad_(False)
 
@@ -93,13 +103,17 @@ class LoadedBank:
         if manifest.version in self.versions:
             self.versions.move_to_end(manifest.version)
             return self.versions[manifest.version]
-        new_modules = {}
-        for n, m in enumerate(manifest.modules.keys() - self.modules.keys(), 1):
-            new_modules[m] = self._load_module(manifest, m)
-            if n % PAUSE_EVERY == 0:
-                pause()
-        wanted_heads = {r.head.blob for r in manifest.routes.values()}
-        new_heads = {h: self._load_head(h) for h in wanted_heads - self.heads.keys()}
+        new_modules: dict[str, ServedModule] = {}
+        try:
+            for n, m in enumerate(manifest.modules.keys() - self.modules.keys(), 1):
+                new_modules[m] = self._load_module(manifest, m)
+                if n % PAUSE_EVERY == 0:
+                    pause()
+            wanted_heads = {r.head.blob for r in manifest.routes.values()}
+            new_heads = {h: self._load_head(h) for h in wanted_heads - self.heads.keys()}
+        except BaseException:
+            self._release(new_modules.values())  # nothing changed: the slots go back
+            raise
         self.modules.update(new_modules)
         self.heads.update(new_heads)
         tasks = {}
@@ -129,7 +143,16 @@ class LoadedBank:
         used = {m for v in self.versions.values() for m in v.manifest.modules}
         used_heads = {r.head.blob for v in self.versions.values()
                       for r in v.manifest.routes.values()}
-        for module_id in self.modules.keys() - used:
-            del self.modules[module_id]
+        self._release(self.modules.pop(m) for m in self.modules.keys() - used)
         for digest in self.heads.keys() - used_heads:
             del self.heads[digest]
+
+    def _release(self, modules: Iterable[ServedModule]) -> None:
+        for module in modules:
+            if isinstance(module, PooledModule) and self.pools is not None:
+                self.pools.release(module)
+
+    def reclaim(self) -> None:
+        """The serving thread, between forwards: released pool slots may be reused now."""
+        if self.pools is not None:
+            self.pools.reclaim()

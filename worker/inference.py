@@ -91,8 +91,10 @@ class InferenceWorker(StreamWorker):
         self.model, self.device = build_model(settings)
         dtype = getattr(torch, settings.serving_dtype)
         self.model.eval().to(dtype)
-        self.bank = LoadedBank(self.blobs, self.device, keep=settings.keep_versions, dtype=dtype)
+        self.bank = LoadedBank(self.blobs, self.device, keep=settings.keep_versions, dtype=dtype,
+                               pooled=True)
         self.current: LoadedVersion | None = None
+        self.live_at_read: str | None = None
         self.prefetcher = VersionPrefetcher(
             self.registry, self.bank, self.worker_id, settings.prefetch_poll_ms / 1000,
             serving=lambda: self.current.version if self.current else None)
@@ -117,24 +119,34 @@ class InferenceWorker(StreamWorker):
         return self.base_heartbeat(current.version if current else None, str(self.device))
 
     def before_read(self) -> None:
+        self.bank.reclaim()  # between forwards: no forward still reads a released slot
+        self.live_at_read = None
         # No round trip here: an idle worker adopts what its prefetcher saw go live (and has
-        # loaded); handle() reads the pointer itself before serving anything.
+        # loaded); each read brings the live pointer as of just after it, for handle().
         live = self.prefetcher.live
         loaded = self.bank.get(live) if live is not None else None
         if loaded is not None and (self.current is None or self.current.version != live):
             self._adopt(loaded)
 
+    def read_along(self, pipe: redis.client.Pipeline) -> None:
+        pipe.get(self.keys.live)
+
+    def read_along_results(self, results: list[object]) -> None:
+        raw = results[0]
+        self.live_at_read = raw.decode() if isinstance(raw, bytes) else None
+
     def handle(self, entries: list[Entry], pipe: redis.client.Pipeline) -> None:
-        # The API saw the live pointer before enqueueing; re-reading it after the read means a
-        # request never meets a version older than the one it saw.
-        self.maybe_swap()
+        # The pointer as Redis had it just after these entries were read: a request never meets
+        # a version older than the one live when it was enqueued (the API saw that one or an
+        # older one). Entries claimed from a dead worker came without it: read it now.
+        live = self.live_at_read or self.registry.live_version()
+        self.maybe_swap(live)
         self.serve(entries, pipe)
 
     # ---- between batches ------------------------------------------------------------------
-    def maybe_swap(self) -> None:
+    def maybe_swap(self, live: str | None) -> None:
         """Serve the live version if it moved: a reference change when the prefetcher has loaded
         it (a staged publish), else loaded here; on any failure keep serving the old one."""
-        live = self.registry.live_version()
         current = self.current
         if live is None or (current is not None and current.version == live):
             return

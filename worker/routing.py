@@ -2,20 +2,20 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Protocol
 
 import torch
 from torch import nn
 
 from adapters_store.model_families import PARALLEL
-from worker.modules import AdapterModule, BottleneckPart, LoraPart
+from worker.modules import AdapterModule
+from worker.weight_pool import PooledBottleneck, PooledLora, ServedModule, SitePool
 
-# From this many segments at a site on, batched matmuls over per-row gathered weights beat one
-# pair of small matmuls per segment (measured on 2 CPU cores with MiniLM: LoRA r8 went from
-# 0.84-0.90x to 0.99-1.02x the bare forward at 8-64 tasks; bottleneck-48 weights are 9x larger,
-# so gathering them per row pays off later and less).
+# From this many segments of one pool at a site on, one gather of each row's weights from the
+# pool and batched matmuls beat a pair of small matmuls per segment (measured on 2 CPU cores with
+# MiniLM: LoRA r8 went from 0.84-0.90x to 0.99-1.02x the bare forward at 8-64 tasks;
+# bottleneck-48 weights are 9x larger, so gathering them per row pays off later and less).
 LORA_BATCH_MIN_SEGMENTS = 2
 BOTTLENECK_BATCH_MIN_SEGMENTS = 4
 
@@ -82,7 +82,7 @@ class Segment:
 
     start: int
     end: int
-    module: AdapterModule
+    module: ServedModule
 
 
 class SegmentRouting:
@@ -99,7 +99,7 @@ class SegmentRouting:
         self.rows = rows
 
     @classmethod
-    def from_sorted_rows(cls, row_routes: list[list[AdapterModule | None]],
+    def from_sorted_rows(cls, row_routes: list[list[ServedModule | None]],
                          num_layers: int) -> SegmentRouting:
         layers: list[list[Segment]] = []
         for layer in range(num_layers):
@@ -120,64 +120,28 @@ class SegmentRouting:
         segments = [s for s in self.layers[layer] if part in s.module.parts]
         if not segments:
             return y
-        if len(segments) == 1 and segments[0].start == 0 and segments[0].end == self.rows:
-            fn = segments[0].module.parts[part]
-            return y + fn(x) if mode == PARALLEL else fn(y)
         if torch.is_grad_enabled():  # a module's backward may need the rows it read
+            if len(segments) == 1 and segments[0].start == 0 and segments[0].end == self.rows:
+                fn = segments[0].module.parts[part]
+                return y + fn(x) if mode == PARALLEL else fn(y)
             return self._out_of_place(segments, part, mode, x, y)
-        if mode == PARALLEL and len(segments) >= LORA_BATCH_MIN_SEGMENTS:
-            segments = self._lora_batched(segments, part, x, y)
-        elif mode != PARALLEL and len(segments) >= BOTTLENECK_BATCH_MIN_SEGMENTS:
-            segments = self._bottleneck_batched(segments, part, y)
         # y is the frozen Linear's fresh output: writing into it is safe and saves a full copy.
-        for seg in segments:
-            fn = seg.module.parts[part]
-            if mode == PARALLEL:
-                y[seg.start:seg.end] += fn(x[seg.start:seg.end])
-            else:
-                y[seg.start:seg.end] = fn(y[seg.start:seg.end])
+        for pool, group in _pool_groups(segments, part):
+            if len(group) >= (LORA_BATCH_MIN_SEGMENTS if mode == PARALLEL
+                              else BOTTLENECK_BATCH_MIN_SEGMENTS):
+                _batched(pool, group, part, x, y)
+                continue
+            for seg in group:
+                fn = seg.module.parts[part]
+                if isinstance(fn, PooledLora):
+                    fn.apply_(x[seg.start:seg.end], y[seg.start:seg.end])
+                elif isinstance(fn, PooledBottleneck):
+                    fn.apply_(y[seg.start:seg.end])
+                elif mode == PARALLEL:
+                    y[seg.start:seg.end] += fn(x[seg.start:seg.end])
+                else:
+                    y[seg.start:seg.end] = fn(y[seg.start:seg.end])
         return y
-
-    def _lora_batched(self, segments: list[Segment], part: str, x: torch.Tensor,
-                      y: torch.Tensor) -> list[Segment]:
-        """Every LoRA segment of one rank at this site in two bmm calls (Punica's BGMV: each
-        row gathers its own A and B), instead of two small matmuls per segment. Returns the
-        segments it did not handle (other kinds, or a rank with a single segment)."""
-        groups, rest = _same_shape_groups(segments, part, LoraPart,
-                                          lambda p: p.lora_A.shape[0], LORA_BATCH_MIN_SEGMENTS)
-        for group in groups:
-            per_row = _per_row_parts(group, part)
-            # One stack of each row's weights: a stack per module plus a gather per row copied
-            # every weight twice.
-            a = torch.stack([p.lora_A for p in per_row])
-            b = torch.stack([p.lora_B for p in per_row])
-            scale = _to(torch.tensor([p.effective_scale() for p in per_row], dtype=x.dtype),
-                        x.device)
-            rows = _RowSpan(group, x.device)
-            # The scale goes on the rank-r product (r wide), and the expand accumulates into y:
-            # no full-width delta to allocate, scale and add.
-            shrunk = torch.bmm(rows.read(x), a.transpose(1, 2))
-            shrunk *= scale[:, None, None]
-            rows.add_product(y, shrunk, b.transpose(1, 2))
-        return rest
-
-    def _bottleneck_batched(self, segments: list[Segment], part: str,
-                            y: torch.Tensor) -> list[Segment]:
-        """Bottleneck segments of one size at this site in two batched matmuls (each row
-        gathers its module's down/up weights); returns the segments it did not handle."""
-        groups, rest = _same_shape_groups(segments, part, BottleneckPart,
-                                          lambda p: p.down.out_features,
-                                          BOTTLENECK_BATCH_MIN_SEGMENTS)
-        for group in groups:
-            per_row = _per_row_parts(group, part)
-            rows = _RowSpan(group, y.device)
-            hidden = nn.functional.silu(torch.baddbmm(
-                torch.stack([p.down.bias for p in per_row])[:, None, :], rows.read(y),
-                torch.stack([p.down.weight for p in per_row]).transpose(1, 2)), inplace=True)
-            # a(y) = y + up(silu(down(y))): the up projection and its bias accumulate into y.
-            rows.add_product(y, hidden, torch.stack([p.up.weight for p in per_row])
-                             .transpose(1, 2), torch.stack([p.up.bias for p in per_row]))
-        return rest
 
     def _out_of_place(self, segments: list[Segment], part: str, mode: str, x: torch.Tensor,
                       y: torch.Tensor) -> torch.Tensor:
@@ -192,32 +156,44 @@ class SegmentRouting:
         return torch.cat(pieces)
 
 
-def _same_shape_groups(segments: list[Segment], part: str, kind: type[nn.Module],
-                       shape: Callable[[Any], int], at_least: int
-                       ) -> tuple[list[list[Segment]], list[Segment]]:
-    """Segments whose part is a ``kind`` of one shape (rank, size), in groups of ``at_least``
-    or more that can run batched; every other segment is returned as the rest."""
-    by_shape: dict[int, list[Segment]] = {}
-    rest: list[Segment] = []
+def _pool_groups(segments: list[Segment], part: str
+                 ) -> list[tuple[SitePool | None, list[Segment]]]:
+    """Segments whose part lives in one pool, by pool; each unpooled segment on its own."""
+    by_pool: dict[SitePool, list[Segment]] = {}
+    alone: list[tuple[SitePool | None, list[Segment]]] = []
     for seg in segments:
         fn = seg.module.parts[part]
-        if isinstance(fn, kind):
-            by_shape.setdefault(shape(fn), []).append(seg)
+        if isinstance(fn, PooledLora | PooledBottleneck):
+            by_pool.setdefault(fn.pool, []).append(seg)
         else:
-            rest.append(seg)
-    groups = [g for g in by_shape.values() if len(g) >= at_least]
-    rest += [seg for g in by_shape.values() if len(g) < at_least for seg in g]
-    return groups, rest
+            alone.append((None, [seg]))
+    return [*by_pool.items(), *alone]
+
+
+def _batched(pool: SitePool | None, group: list[Segment], part: str, x: torch.Tensor,
+             y: torch.Tensor) -> None:
+    """Every segment of one pool at this site in two batched matmuls (Punica's BGMV: each row
+    gathers its own weights from the pool), instead of two small matmuls per segment."""
+    assert pool is not None
+    slots = _to(torch.tensor([seg.module.parts[part].slot for seg in group
+                              for _ in range(seg.end - seg.start)]), y.device)
+    rows = _RowSpan(group, y.device)
+    if "A" in pool.tensors:  # LoRA: the scale goes on the rank-r product, the expand into y
+        shrunk = torch.bmm(rows.read(x), pool.gather("A", slots).transpose(1, 2))
+        shrunk *= pool.gather("scale", slots)[:, None, None]
+        rows.add_product(y, shrunk, pool.gather("B", slots).transpose(1, 2))
+        return
+    hidden = nn.functional.silu(torch.baddbmm(
+        pool.gather("down_b", slots)[:, None, :], rows.read(y),
+        pool.gather("down_w", slots).transpose(1, 2)), inplace=True)
+    # a(y) = y + up(silu(down(y))): the up projection and its bias accumulate into y.
+    rows.add_product(y, hidden, pool.gather("up_w", slots).transpose(1, 2),
+                     pool.gather("up_b", slots))
 
 
 def _to(t: torch.Tensor, device: torch.device) -> torch.Tensor:
     # Index tensors are built on the host; on a GPU the copy must not wait for running kernels.
     return t if device.type == "cpu" else t.to(device, non_blocking=True)
-
-
-def _per_row_parts(group: list[Segment], part: str) -> list[nn.Module]:
-    """Each row's ``part``, in row order over ``group``'s segments."""
-    return [seg.module.parts[part] for seg in group for _ in range(seg.end - seg.start)]
 
 
 class _RowSpan:

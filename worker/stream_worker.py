@@ -95,9 +95,22 @@ class StreamWorker(ABC):
         return None
 
     # ---- reading --------------------------------------------------------------------------
+    def read_along(self, pipe: redis.client.Pipeline) -> None:
+        """Commands sent with every read of the stream, run by Redis right after the read
+        returns (after its block, too); their results go to ``read_along_results``."""
+        return None
+
+    def read_along_results(self, results: list[object]) -> None:
+        return None
+
     def _read(self, cfg: StreamConfig, count: int, block_ms: int | None) -> list[Entry]:
-        got = self.client.xreadgroup(cfg.group, self.worker_id, {cfg.stream: ">"}, count=count,
-                                     block=block_ms)
+        pipe = self.client.pipeline(transaction=False)
+        pipe.xreadgroup(cfg.group, self.worker_id, {cfg.stream: ">"}, count=count, block=block_ms)
+        # A blocked client's next commands wait in Redis until it is unblocked: commands
+        # pipelined after a blocking read run just after it, at no extra round trip.
+        self.read_along(pipe)
+        got, *along = pipe.execute()
+        self.read_along_results(along)
         return got[0][1] if got else []
 
     def _claim_stale(self, cfg: StreamConfig) -> list[Entry]:

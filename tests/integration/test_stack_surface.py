@@ -171,17 +171,34 @@ def test_page_rollback_needs_the_admin_key_and_predict_box_works(
         surface.registry.rollback("v3")
 
 
-@pytest.mark.parametrize("method", ["BREW", "FOO"])
-def test_unknown_http_methods_get_the_json_error_body(surface: Surface, method: str) -> None:
-    host, port = surface.url.removeprefix("http://").split(":")
+def _raw_exchange(url: str, request: bytes) -> tuple[int, list[str], bytes]:
+    host, port = url.removeprefix("http://").split(":")
     with socket.create_connection((host, int(port)), timeout=5) as conn:
-        conn.sendall(f"{method} /v1/tasks HTTP/1.1\r\nHost: {host}\r\n"
-                     "Connection: close\r\n\r\n".encode())
+        conn.sendall(request.replace(b"{host}", host.encode()))
         raw = b""
         while chunk := conn.recv(65536):
             raw += chunk
     head, _, body = raw.partition(b"\r\n\r\n")
     status_line, *headers = head.decode().split("\r\n")
-    assert status_line.split()[1] == "405", raw[:300]
+    return int(status_line.split()[1]), headers, body
+
+
+@pytest.mark.parametrize("method", ["BREW", "FOO"])
+def test_unknown_http_methods_get_the_json_error_body(surface: Surface, method: str) -> None:
+    status, headers, body = _raw_exchange(surface.url, f"{method} /v1/tasks HTTP/1.1\r\n"
+                                          "Host: {host}\r\nConnection: close\r\n\r\n".encode())
+    assert status == 405, body[:300]
     assert any(h.lower().startswith("content-type: application/json") for h in headers)
     assert json.loads(body)["error"]["code"] == "method_not_allowed"
+
+
+def test_a_malformed_request_gets_a_json_400(surface: Surface) -> None:
+    status, headers, body = _raw_exchange(surface.url, b"GET /v1/tasks HTTP/1.1\r\nHost: {host}"
+                                          b"\r\nContent-Length: ten\r\n\r\n")
+    assert status == 400, body[:300]
+    assert any(h.lower().startswith("content-type: application/json") for h in headers)
+    assert json.loads(body)["error"]["code"] == "bad_request"
+    # The server is still up for the next client.
+    status, _, _ = _raw_exchange(surface.url, b"GET /healthz HTTP/1.1\r\nHost: {host}\r\n"
+                                 b"Connection: close\r\n\r\n")
+    assert status == 200

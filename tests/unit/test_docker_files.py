@@ -169,7 +169,7 @@ def test_api_image_has_no_torch() -> None:
     ).replace("assert 'torch' not in sys.modules", "")
     assert "torch" not in instructions
     assert "[worker]" not in text
-    assert "service.app:create_app" in text and "--factory" in text
+    assert re.search(r'^CMD \["python", "-m", "service\.api_server"', text, flags=re.MULTILINE)
     assert "COPY worker" not in text
 
 

@@ -1,0 +1,143 @@
+"""Pooled serving weights: equal to the modules they came from, checked on load, slots reused
+only after the serving thread reclaims them."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+import torch
+from safetensors.torch import load as st_load
+from safetensors.torch import save as st_save
+
+from adapters_store.module_config import HamConfig
+from adapters_store.streams import InputItem
+from tests.factories import CPU, random_module, tiny_model
+from worker.modules import AdapterModule
+from worker.routing import (
+    BOTTLENECK_BATCH_MIN_SEGMENTS,
+    LORA_BATCH_MIN_SEGMENTS,
+    Routing,
+    SegmentRouting,
+    route_order,
+)
+from worker.serving_bench import synthetic
+from worker.weight_pool import FIRST_CAPACITY, PooledModule, WeightPools
+
+
+def _ham_module(layer: int, seed: int) -> AdapterModule:
+    config = HamConfig(hidden=32, rank=4, alpha=8.0, targets=["query", "key"])
+    module = synthetic.random_module(layer, config, torch.Generator().manual_seed(seed), std=0.2)
+    with torch.no_grad():
+        for part in module.parts.values():
+            part.gain.fill_(0.5 + 0.1 * seed)  # a gain that is not 1 must reach the scale
+    return module
+
+
+def _served(pools: WeightPools, module: AdapterModule) -> PooledModule | AdapterModule:
+    return pools.load(module.layer, module.config, module.to_bytes()) if module.kind != "sparse" \
+        else module
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_pooled_segments_equal_the_modules_per_group_in_any_order(seed: int) -> None:
+    """Enough tasks that every pool runs batched at some site, alongside unpooled sparse ones
+    and pools run segment by segment; any arrival order, any mix of row lengths."""
+    rng = random.Random(seed)
+    model = tiny_model()
+    pools = WeightPools(torch.float32, CPU)
+    kinds = ["bottleneck", "lora", "sparse"] + ["bottleneck", "lora"] * 3
+    modules = [[random_module(kind, layer, seed=100 * layer + k) for k, kind in enumerate(kinds)]
+               + [_ham_module(layer, seed=100 * layer + 50)] for layer in range(2)]
+    served = {id(m): _served(pools, m) for layer in modules for m in layer}
+    tasks = [[rng.choice(modules[layer] + [None]) for layer in range(2)] for _ in range(16)]
+    words = "one two three four five six seven eight nine ten eleven twelve".split()
+    items = [InputItem(text=" ".join(rng.sample(words, rng.randint(1, 12)))) for _ in range(32)]
+    routes = [rng.choice(tasks) for _ in items]
+    order = route_order([tuple(str(id(m)) for m in r) for r in routes])
+    sorted_items = [items[k] for k in order]
+    sorted_routes = [routes[k] for k in order]
+    pooled_routes = [[None if m is None else served[id(m)] for m in r] for r in sorted_routes]
+    batch = model.base.tokenize(sorted_items, CPU)
+    with torch.inference_mode():
+        grouped = model.embed(batch, Routing.from_rows(sorted_routes, 2, CPU))
+        routing = SegmentRouting.from_sorted_rows(pooled_routes, 2)
+        pooled = model.embed(batch, routing)
+        for row, route in enumerate(sorted_routes[:6]):
+            alone = model.embed(model.base.tokenize([sorted_items[row]], CPU),
+                                Routing.uniform(route))
+            torch.testing.assert_close(pooled[row], alone[0], atol=1e-5, rtol=0)
+    torch.testing.assert_close(pooled, grouped, atol=1e-5, rtol=0)
+    # The batched path ran for both pooled kinds: a pool had enough segments at some layer.
+    for kind, at_least in (("bottleneck", BOTTLENECK_BATCH_MIN_SEGMENTS),
+                           ("lora", LORA_BATCH_MIN_SEGMENTS)):
+        assert any(sum(1 for s in segs if isinstance(s.module, PooledModule)
+                       and s.module.config == modules[0][kinds.index(kind)].config) >= at_least
+                   for segs in routing.layers), kind
+
+
+def test_a_single_pooled_task_equals_its_module() -> None:
+    model = tiny_model()
+    pools = WeightPools(torch.float32, CPU)
+    items = [InputItem(text="a b c d"), InputItem(text="e f")]
+    batch = model.base.tokenize(items, CPU)
+    for module in (random_module("bottleneck", 0, seed=1), random_module("lora", 1, seed=2),
+                   _ham_module(0, seed=3)):
+        route = [module, None] if module.layer == 0 else [None, module]
+        pooled = [None if m is None else pools.adopt(m) for m in route]
+        with torch.inference_mode():
+            want = model.embed(batch, Routing.uniform(route))
+            got = model.embed(batch, SegmentRouting.from_sorted_rows([pooled] * 2, 2))
+        torch.testing.assert_close(got, want, atol=1e-5, rtol=0)
+
+
+def test_load_checks_names_and_shapes_like_the_module_would() -> None:
+    pools = WeightPools(torch.float32, CPU)
+    module = random_module("lora", 0, seed=1)
+    tensors = st_load(module.to_bytes())
+    broken = {
+        "missing": {k: v for k, v in tensors.items() if not k.endswith("lora_B")},
+        "unexpected": {**tensors, "parts.query.extra": torch.zeros(2)},
+        "shape": {**tensors, "parts.query.lora_A": torch.zeros(3, 32)},
+    }
+    for name, bad in broken.items():
+        with pytest.raises(ValueError, match="lora module"):
+            pools.load(0, module.config, st_save(bad))
+        assert all(p.slots_in_use == 0 for p in pools.pools.values()), name
+    loaded = pools.load(0, module.config, module.to_bytes())
+    part = loaded.parts["query"]
+    torch.testing.assert_close(part.pool.tensors["A"][part.slot], module.parts["query"].lora_A)
+
+
+def test_slots_are_reused_only_after_reclaim_and_growth_keeps_them() -> None:
+    pools = WeightPools(torch.float32, CPU)
+    modules = [random_module("bottleneck", 0, seed=s) for s in range(FIRST_CAPACITY + 3)]
+    served = [pools.adopt(m) for m in modules]  # past the first capacity: the pool grew
+    pool = served[0].parts["attn"].pool
+    assert pool.capacity == 2 * FIRST_CAPACITY and pool.slots_in_use == len(modules)
+    for module, got in zip(modules, served, strict=True):
+        part = got.parts["ffn"]
+        torch.testing.assert_close(part.pool.tensors["down_w"][part.slot],
+                                   module.parts["ffn"].down.weight)
+    gone = served[2]
+    slot, held = gone.parts["attn"].slot, pool.tensors["down_w"][gone.parts["attn"].slot].clone()
+    pools.release(gone)
+    fresh = pools.adopt(random_module("bottleneck", 0, seed=99))
+    # A forward that began before the release may still read the slot: it is not reused yet.
+    assert fresh.parts["attn"].slot != slot
+    torch.testing.assert_close(pool.tensors["down_w"][slot], held)
+    pools.reclaim()
+    again = pools.adopt(random_module("bottleneck", 0, seed=98))
+    assert again.parts["attn"].slot == slot
+
+
+def test_bf16_pools_hold_bf16_weights() -> None:
+    pools = WeightPools(torch.bfloat16, CPU)
+    module = random_module("bottleneck", 1, seed=4)
+    part = pools.adopt(module).parts["attn"]
+    assert part.pool.tensors["up_w"].dtype == torch.bfloat16
+    y = torch.randn(2, 3, 32, dtype=torch.bfloat16)
+    want = module.to(torch.bfloat16).parts["attn"](y)
+    got = y.clone()
+    part.apply_(got)
+    torch.testing.assert_close(got, want, atol=2e-2, rtol=2e-2)
