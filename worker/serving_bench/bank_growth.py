@@ -107,7 +107,7 @@ def _measure(blobs: Path, manifest: Path, grown: Path, base_name: str, device: s
     batch = model.base.tokenize(sentences(1, 20, 0), dev)
     gc.collect()
     before = rss_bytes()
-    loaded = LoadedBank(BlobStore(blobs), dev, keep=2, dtype=dtype)
+    loaded = LoadedBank(BlobStore(blobs), dev, keep=2, dtype=dtype, pooled=True)
     started = time.perf_counter()
     current = loaded.sync(BankManifest.from_json(manifest.read_text()))
     cold = time.perf_counter() - started

@@ -1,6 +1,7 @@
 """In-process engine comparison on the same batches: the bare base forward (the floor),
-adapterd's segment routing, its per-group routing, peft's mixed-batch LoRA (``adapter_names``)
-and the naive baseline (peft ``set_adapter`` and one forward per task in the batch)."""
+adapterd's segment routing over weight pools, its per-group routing over the modules, peft's
+mixed-batch LoRA (``adapter_names``) and the naive baseline (peft ``set_adapter`` and one forward
+per task in the batch)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import torch
 from worker.routed_model import RoutedEncoder
 from worker.routing import Routing, SegmentRouting, route_order
 from worker.serving_bench.synthetic import SyntheticBank, assign, build_bank, sentences
+from worker.weight_pool import WeightPools, poolable
 
 Forward = Callable[[], torch.Tensor]
 PEFT_MAX_TASKS = 256  # peft re-walks every module per add_adapter: thousands take minutes
@@ -61,6 +63,12 @@ def contenders(model: RoutedEncoder, bank: SyntheticBank, batch: dict[str, torch
     routes = [bank.routes[n] for n in names]
     layers = model.num_layers
     mask = batch["attention_mask"]
+    # adapterd serves from weight pools, as the inference worker's bank loads them.
+    weights = next(model.parameters())
+    pools = WeightPools(weights.dtype, weights.device)
+    served = {m: pools.adopt(m) if poolable(m.config) else m
+              for r in bank.routes.values() for m in r if m is not None}
+    served_routes = [[None if m is None else served[m] for m in r] for r in routes]
 
     def bare() -> torch.Tensor:
         return model.embed(batch, None)
@@ -70,7 +78,7 @@ def contenders(model: RoutedEncoder, bank: SyntheticBank, batch: dict[str, torch
         order = route_order([(n,) for n in names])
         perm = torch.tensor(order, device=mask.device)
         sorted_batch = {k: v.index_select(0, perm) for k, v in batch.items()}
-        routing = SegmentRouting.from_sorted_rows([routes[k] for k in order], layers)
+        routing = SegmentRouting.from_sorted_rows([served_routes[k] for k in order], layers)
         pooled = model.embed(sorted_batch, routing)
         return pooled.index_select(0, torch.argsort(perm))
 

@@ -67,8 +67,10 @@ def render(payload: dict[str, Any]) -> str:
                 f"tasks at random; median of {e['reps']} interleaved reps. Shapes: bottleneck "
                 "(48) and LoRA (r 8, q and v) at every layer per task; safm = one bottleneck at "
                 "the forced middle layer, empty elsewhere. adapterd = the worker's forward (rows "
-                "sorted by route into segments, modules applied in place); per_group = the "
-                "previous forward (index_select / index_add per module group); peft_mixed = "
+                "sorted by route into segments; weights in per-site pools, each row's gathered "
+                "by one index_select for batched matmuls; applied in place); per_group = the "
+                "first forward (index_select / index_add per module group, modules as "
+                "nn.Modules); peft_mixed = "
                 "peft LoRA with `adapter_names`; naive = peft `set_adapter` and one forward per "
                 f"task in the batch (LoRA only, up to {payload['peft_max_tasks']} tasks). Every "
                 "contender's embeddings equal per_group's (max abs diff in the JSON).", ""]
