@@ -25,7 +25,7 @@ from worker.routed_model import RoutedEncoder
 from worker.routing import SegmentRouting, route_order
 from worker.runtime import GracefulStop, build_model
 from worker.stream_worker import Entry, StreamConfig, StreamWorker
-from worker.version_prefetch import VersionPrefetcher
+from worker.version_prefetch import ServingGate, VersionPrefetcher
 
 log = logging.getLogger(__name__)
 
@@ -95,9 +95,10 @@ class InferenceWorker(StreamWorker):
                                pooled=True)
         self.current: LoadedVersion | None = None
         self.live_at_read: str | None = None
+        self.gate = ServingGate()
         self.prefetcher = VersionPrefetcher(
             self.registry, self.bank, self.worker_id, settings.prefetch_poll_ms / 1000,
-            serving=lambda: self.current.version if self.current else None)
+            serving=lambda: self.current.version if self.current else None, gate=self.gate)
 
     def run(self, max_batches: int | None = None, idle_exit_s: float | None = None) -> int:
         self.prefetcher.start()
@@ -216,8 +217,9 @@ class InferenceWorker(StreamWorker):
             loaded = versions[version]
             started = time.monotonic()
             try:
-                outputs = run_batch(self.model, loaded, requests,
-                                    self.settings.max_batch_tokens)
+                with self.gate.forward():
+                    outputs = run_batch(self.model, loaded, requests,
+                                        self.settings.max_batch_tokens)
             except Exception as exc:  # noqa: BLE001 - answer every request, never drop it
                 log.exception("worker %s batch failed on %s", self.worker_id, version)
                 for req in requests:

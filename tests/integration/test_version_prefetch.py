@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from pathlib import Path
 
@@ -12,6 +13,7 @@ from adapters_store.errors import Conflict, NotFound
 from adapters_store.registry import Registry
 from adapters_store.streams import Heartbeat
 from tests.factories import CPU, bank_manifest, random_module
+from worker import version_prefetch
 from worker.bank import LoadedBank
 from worker.version_prefetch import VersionPrefetcher
 
@@ -84,3 +86,19 @@ def test_publish_without_inference_workers_does_not_wait(registry: Registry,
         registry.publish(stale, reason="test", prepare_timeout_s=30)
     with pytest.raises(NotFound):  # and not left stored, where a rollback could reach it
         registry.manifest("v2")
+
+
+def test_a_loader_pause_waits_for_the_running_forward(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ordering, not timing: with a long bound, a pause taken during a forward returns only
+    once the forward has ended; outside a forward it returns at once."""
+    monkeypatch.setattr(version_prefetch, "MAX_DEFER_S", 30.0)
+    gate = version_prefetch.ServingGate()
+    gate.pause()  # no forward: no wait
+    events: list[str] = []
+    with gate.forward():
+        loader = threading.Thread(target=lambda: (gate.pause(), events.append("paused")))
+        loader.start()
+        loader.join(timeout=0.2)
+        events.append("forward done")
+    loader.join(timeout=30)
+    assert events == ["forward done", "paused"]

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from adapters_store.blobstore import BlobStore
 from tests.factories import CPU, bank_manifest, random_module
 from worker.bank import LoadedBank
 from worker.modules import AdapterModule, head_from_bytes, head_to_bytes
+from worker.weight_pool import PooledModule
 
 
 def test_module_round_trip_and_content_id() -> None:
@@ -49,3 +51,42 @@ def test_bank_sync_loads_only_missing_and_unloads_evicted(tmp_path) -> None:
     assert a0.content_id() in bank.modules
     bank.sync(bank_manifest(blobs, 4, [b0], {"b": [0, None]}))  # v2 evicted -> a0, a1 unloaded
     assert set(bank.modules) == {b0.content_id()}
+
+
+def test_pooled_bank_serves_from_pools_and_reuses_evicted_slots_after_reclaim(tmp_path) -> None:
+    blobs = BlobStore(tmp_path)
+    mods = [random_module(k, layer, seed=s) for s, (k, layer) in enumerate(
+        [("bottleneck", 0), ("lora", 1), ("sparse", 0), ("bottleneck", 0)])]
+    bank = LoadedBank(blobs, CPU, keep=1, pooled=True)
+    v1 = bank.sync(bank_manifest(blobs, 1, mods[:3], {"a": [0, 1], "b": [2, None]}))
+    a0, a1 = v1.tasks["a"].modules
+    assert isinstance(a0, PooledModule) and isinstance(a1, PooledModule)
+    assert isinstance(v1.tasks["b"].modules[0], AdapterModule)  # sparse: CSR, not pooled
+    pool, slot = a0.parts["attn"].pool, a0.parts["attn"].slot
+    torch.testing.assert_close(pool.tensors["down_w"][slot], mods[0].parts["attn"].down.weight)
+    # v2 drops a0: its slots are released, but not reused before the serving thread reclaims.
+    bank.sync(bank_manifest(blobs, 2, [mods[1], mods[3]], {"a": [1, 0]}))
+    assert mods[0].content_id() not in bank.modules
+    fresh = bank.sync(bank_manifest(blobs, 3, [mods[1], mods[2], mods[3], random_module(
+        "bottleneck", 0, seed=9)], {"a": [1, 0], "c": [3, None]})).tasks["c"].modules[0]
+    assert isinstance(fresh, PooledModule) and fresh.parts["attn"].slot != slot
+    bank.reclaim()
+    again = bank.sync(bank_manifest(blobs, 4, [random_module("bottleneck", 0, seed=10)],
+                                    {"d": [0, None]})).tasks["d"].modules[0]
+    assert isinstance(again, PooledModule) and again.parts["attn"].slot in {
+        slot, fresh.parts["attn"].slot, v1.tasks["a"].modules[0].parts["attn"].slot}
+
+
+def test_pooled_bank_gives_back_the_slots_of_a_version_that_fails_to_load(tmp_path) -> None:
+    blobs = BlobStore(tmp_path)
+    good = random_module("bottleneck", 0, seed=1)
+    bank = LoadedBank(blobs, CPU, keep=2, pooled=True)
+    manifest = bank_manifest(blobs, 1, [good, random_module("bottleneck", 1, seed=2)],
+                             {"a": [0, 1]})
+    bad_id = next(m for m, rec in manifest.modules.items() if rec.layer == 1)
+    manifest.modules[bad_id].blob = blobs.put(b"not safetensors")
+    with pytest.raises(Exception):  # noqa: B017 - whatever the blob's parser raises
+        bank.sync(manifest)
+    assert bank.versions == {} and bank.modules == {}
+    assert bank.pools is not None
+    assert all(p.slots_in_use == 0 for p in bank.pools.pools.values())

@@ -21,7 +21,7 @@ from adapters_store.records import BankManifest, BaseModelInfo, HeadRecord, Modu
 from worker.bank import LoadedBank
 from worker.modules import AdapterModule, head_to_bytes
 from worker.serving_bench.synthetic import SyntheticBank, build_bank
-from worker.version_prefetch import yield_to_serving
+from worker.version_prefetch import ServingGate
 
 
 def rss_bytes() -> int:
@@ -113,8 +113,10 @@ def _measure(blobs: Path, manifest: Path, grown: Path, base_name: str, device: s
     cold = time.perf_counter() - started
     after = rss_bytes()
 
+    gate = ServingGate()  # the forwards mark themselves, as the inference worker's do
+
     def forward() -> None:
-        with torch.inference_mode():
+        with gate.forward(), torch.inference_mode():
             model.embed(batch, None)
 
     idle = _longest_step(forward, None, 20)
@@ -122,8 +124,8 @@ def _measure(blobs: Path, manifest: Path, grown: Path, base_name: str, device: s
 
     def prepare() -> None:
         begun = time.perf_counter()
-        loaded.sync(BankManifest.from_json(grown.read_text(), yield_to_serving),
-                    protect=frozenset({current.version}), pause=yield_to_serving)
+        loaded.sync(BankManifest.from_json(grown.read_text(), gate.pause),
+                    protect=frozenset({current.version}), pause=gate.pause)
         prepared.append(time.perf_counter() - begun)
 
     thread = threading.Thread(target=prepare)
