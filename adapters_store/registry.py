@@ -27,6 +27,12 @@ from adapters_store.streams import Heartbeat, TrainJobMessage
 PREPARED_TTL_S = 3600
 PREPARE_POLL_S = 0.02
 
+# Clear the staged pointer if it still names ARGV[1] (a later stage is left alone).
+_UNSTAGE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
 
 @dataclass(frozen=True)
 class PrepareReport:
@@ -56,6 +62,7 @@ class Registry:
     def __init__(self, client: redis.Redis, keys: Keys) -> None:
         self.r = client
         self.keys = keys
+        self._unstage = client.register_script(_UNSTAGE)
 
     def ensure_groups(self) -> None:
         ensure_group(self.r, self.keys.infer_stream, INFERENCE_GROUP)
@@ -88,6 +95,11 @@ class Registry:
             pipe.set(self.keys.version(manifest.version), manifest.to_json())
             pipe.set(self.keys.staged, manifest.version)
             pipe.execute()
+
+    def is_staged(self, version: str) -> bool:
+        """Whether ``version`` is stored but not published yet (its publish waits for workers):
+        it must not be served by name or rolled back to."""
+        return _s(self.r.get(self.keys.staged)) == version
 
     def staged_and_live(self) -> tuple[str | None, str | None]:
         """The staged and the live version, in one round trip."""
@@ -129,6 +141,7 @@ class Registry:
                 pipe.reset()
                 if report is not None:  # a staged version that will never be live: unstore it
                     self.r.delete(self.keys.version(manifest.version))
+                    self._unstage(keys=[self.keys.staged], args=[manifest.version])
                 raise Conflict(
                     f"live version moved to {current} while {manifest.version} was built on "
                     f"{manifest.parent}",
@@ -139,6 +152,8 @@ class Registry:
             pipe.multi()
             if report is None:  # staging stored it already
                 pipe.set(self.keys.version(manifest.version), manifest.to_json())
+            else:  # published: no longer staged (pinning and rollback may name it now)
+                self._unstage(keys=[self.keys.staged], args=[manifest.version], client=pipe)
             pipe.set(self.keys.live, manifest.version)
             pipe.rpush(self.keys.history, json.dumps(entry))
             pipe.xadd(self.keys.events, {"m": json.dumps({"type": "publish", **entry})},
@@ -149,6 +164,9 @@ class Registry:
     def rollback(self, version: str) -> dict:
         """Point live at an earlier, still-stored version; the history records the move."""
         self.manifest(version)
+        if self.is_staged(version):
+            raise Conflict(f"bank version {version!r} is staged, not published: it goes live "
+                           "when its publish completes", {"version": version})
         with self.r.pipeline() as pipe:
             previous = _s(self.r.get(self.keys.live))
             if previous == version:  # idempotent: already live, nothing to record

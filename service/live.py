@@ -110,6 +110,10 @@ class LiveView:
         self._manifests[version] = manifest
         return manifest
 
+    async def is_staged(self, version: str) -> bool:
+        """Read fresh (a pinned request is rare): a staged version turns published at once."""
+        return _text(await self.r.get(self.registry.keys.staged)) == version
+
     async def live_manifest(self, fresh: bool = True) -> BankManifest | None:
         version = await self.live_version(fresh)
         return await self.manifest(version) if version else None

@@ -9,7 +9,7 @@ import anyio
 from fastapi import APIRouter, Query, Request, Response
 
 from adapters_store.datasets import FieldMap
-from adapters_store.errors import Conflict, InvalidInput, NoWorker
+from adapters_store.errors import Conflict, InvalidInput, NotFound, NoWorker
 from adapters_store.peft_export import peft_zip
 from adapters_store.peft_import import read_peft_zip
 from adapters_store.records import RESERVED_TASK_IDS, InputKind, Route
@@ -152,6 +152,9 @@ def _check_kind(route: Route, items: list[InputItem]) -> None:
 
 async def _route_for(task_id: str, version: str | None, live: LiveView,
                      registry: Registry) -> Route:
+    if version and await live.is_staged(version):
+        raise NotFound(f"bank version {version!r} is not published yet",
+                       {"version": version, "task_id": task_id})
     manifest = await (live.manifest(version) if version else live.live_manifest(fresh=False))
     route = manifest.routes.get(task_id) if manifest else None
     if route is None and version is None:  # perhaps published since our copy of the pointer

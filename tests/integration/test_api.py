@@ -344,6 +344,11 @@ def test_predict_validates_inputs(settings: Settings, registry: Registry) -> Non
                              422, "invalid_input")
         assert error["details"] == {"input_kind": "single", "indexes": [0]}
         assert_error(client.post(url, json={"inputs": ["a"], "version": "v9"}), 404, "not_found")
+        # A staged version (stored, its publish waiting for workers) is not served by name.
+        registry.stage(make_manifest("v2", parent="v1"))
+        error = assert_error(client.post(url, json={"inputs": ["a"], "version": "v2"}), 404,
+                             "not_found")
+        assert "not published" in error["message"]
 
 
 def play_worker(registry: Registry, reply: dict | None = None) -> threading.Thread:

@@ -86,6 +86,26 @@ def test_publish_without_inference_workers_does_not_wait(registry: Registry,
         registry.publish(stale, reason="test", prepare_timeout_s=30)
     with pytest.raises(NotFound):  # and not left stored, where a rollback could reach it
         registry.manifest("v2")
+    assert not registry.is_staged("v2")
+
+
+def test_a_staged_version_is_not_reachable_by_rollback_until_published(
+        registry: Registry, tmp_path: Path) -> None:
+    blobs = BlobStore(tmp_path)
+    v1 = bank_manifest(blobs, 1, [random_module("lora", 0)], {"t": [0, None]})
+    v2 = bank_manifest(blobs, 2, [random_module("lora", 0, seed=3)], {"t": [0, None]},
+                       parent="v1")
+    registry.publish(v1, reason="test")
+    registry.stage(v2)  # what publish does first, while it waits for the workers
+    assert registry.is_staged("v2") and not registry.is_staged("v1")
+    with pytest.raises(Conflict):
+        registry.rollback("v2")
+    assert registry.live_version() == "v1"
+    registry.publish(v2, reason="test", prepare_timeout_s=0.05)
+    assert not registry.is_staged("v2") and registry.staged_and_live() == (None, "v2")
+    registry.rollback("v1")
+    registry.rollback("v2")  # published once: an ordinary earlier version now
+    assert registry.live_version() == "v2"
 
 
 def test_a_loader_pause_waits_for_the_running_forward(monkeypatch: pytest.MonkeyPatch) -> None:
