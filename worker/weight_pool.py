@@ -89,13 +89,17 @@ class SitePool:
         return self.tensors[name].index_select(0, index)
 
 
-class PooledLora:
-    """A LoRA part served from its pool: y += scale · (x·Aᵀ)·Bᵀ (scale = alpha/r, times α)."""
-
+class _PoolSlot:
     __slots__ = ("pool", "slot")
 
     def __init__(self, pool: SitePool, slot: int) -> None:
         self.pool, self.slot = pool, slot
+
+
+class PooledLora(_PoolSlot):
+    """A LoRA part served from its pool: y += scale · (x·Aᵀ)·Bᵀ (scale = alpha/r, times α)."""
+
+    __slots__ = ()
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         t = self.pool.tensors
@@ -109,13 +113,10 @@ class PooledLora:
         _addmm_into(y, shrunk, t["B"][self.slot].t())
 
 
-class PooledBottleneck:
+class PooledBottleneck(_PoolSlot):
     """A bottleneck part served from its pool: a(y) = y + up(silu(down(y)))."""
 
-    __slots__ = ("pool", "slot")
-
-    def __init__(self, pool: SitePool, slot: int) -> None:
-        self.pool, self.slot = pool, slot
+    __slots__ = ()
 
     def _hidden(self, y: torch.Tensor) -> torch.Tensor:
         t = self.pool.tensors

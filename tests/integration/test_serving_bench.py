@@ -18,6 +18,7 @@ def test_serving_benchmark_runs_every_part(tmp_path: Path) -> None:
         "bench", "serving", "--base-model", "tiny-bert", "--device", "cpu", "--threads", "1",
         "--tasks", "1,4", "--reps", "2", "--batch-rows", "8", "--words", "8",
         "--http-tasks", "4", "--concurrency", "1,2", "--duration", "2", "--swap-versions", "2",
+        "--overhead-requests", "5",
         "--memory-tasks", "1,4", "--memory-shapes", "lora,lora@bfloat16", "--out", str(out)])
     assert code == 0
     payload = json.loads((out / "serving.json").read_text())
@@ -31,6 +32,9 @@ def test_serving_benchmark_runs_every_part(tmp_path: Path) -> None:
                                                     if r["shape"] == "lora")["ratio_to_bare"])
     assert [r["concurrency"] for r in payload["http"]] == [1, 2]
     assert all(r["failed"] == 0 and r["requests"] > 0 for r in payload["http"])
+    breakdown = payload["http_overhead"]
+    assert [r["client"] for r in breakdown] == ["httpx", "raw"]
+    assert all(r["failed"] == 0 and r["requests"] == 5 for r in breakdown)
     swap = payload["swap"]
     assert swap["summary"]["failed"] == 0 and swap["stale_replies"] == 0
     assert swap["versions_published"] == 2
@@ -41,4 +45,5 @@ def test_serving_benchmark_runs_every_part(tmp_path: Path) -> None:
     assert all(r["prepare_one_more_task_s"] > 0 for r in memory)
     md = (out / "serving.md").read_text()
     assert "Hot swap under load" in md and "serving-engine.png" in md
+    assert "Where the overhead goes at concurrency 1" in md
     assert (out / "serving-engine.png").stat().st_size > 0

@@ -33,6 +33,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-peft", action="store_true", help="skip the peft contenders")
     p.add_argument("--http-tasks", type=int, default=64)
     p.add_argument("--http-shape", default="lora")
+    p.add_argument("--overhead-requests", type=int, default=300,
+                   help="predicts per client in the concurrency-1 overhead breakdown")
     p.add_argument("--concurrency", default="1,4,16,64")
     p.add_argument("--duration", type=float, default=15.0, help="seconds per HTTP level")
     p.add_argument("--swap-versions", type=int, default=5)
@@ -59,7 +61,13 @@ def main(argv: list[str] | None = None) -> int:
     from worker.runtime import build_model
     from worker.serving_bench.bank_growth import growth
     from worker.serving_bench.engine import PEFT_MAX_TASKS, EngineCase, run_case
-    from worker.serving_bench.http_load import closed_loop, hot_swap, running_service, summarise
+    from worker.serving_bench.http_load import (
+        closed_loop,
+        hot_swap,
+        overhead_breakdown,
+        running_service,
+        summarise,
+    )
     from worker.serving_bench.report import write
 
     settings = Settings(base_model=args.base_model, device=args.device,
@@ -99,6 +107,10 @@ def main(argv: list[str] | None = None) -> int:
                 row = {"concurrency": c} | summarise(samples, args.duration)
                 payload["http"].append(row)
                 print(f"http c={c:3d}: {row}", flush=True)
+            if "http" in parts:
+                payload["http_overhead"] = asyncio.run(overhead_breakdown(
+                    service.url, task_ids, args.overhead_requests, 3))
+                print(f"http overhead at c=1: {payload['http_overhead']}", flush=True)
             if "swap" in parts:
                 c = 16
                 baseline = next((r for r in payload["http"] if r["concurrency"] == c), None)

@@ -4,6 +4,7 @@ each, and publishes of new bank versions while they run (hot swap under load).""
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import random
 import statistics
@@ -221,3 +222,88 @@ async def hot_swap(service: Service, task_ids: list[str], extra: int, concurrenc
                                      else None, "max": round(max(finite), 3) if finite else None,
                                      "each": [round(x, 3) for x in first_reply]},
     }
+
+
+class RawHttp:
+    """A bare HTTP/1.1 keep-alive client on one asyncio connection: next to httpx it shows how
+    much of the measured overhead is the client's own."""
+
+    def __init__(self, url: str) -> None:
+        host, _, port = url.removeprefix("http://").partition(":")
+        self.host, self.port = host, int(port)
+        self.reader: asyncio.StreamReader | None = None
+        self.writer: asyncio.StreamWriter | None = None
+
+    async def request(self, method: str, path: str, body: bytes = b""
+                      ) -> tuple[int, dict[str, str], bytes]:
+        if self.writer is None:
+            self.reader, self.writer = await asyncio.open_connection(self.host, self.port)
+        assert self.reader is not None
+        self.writer.write(f"{method} {path} HTTP/1.1\r\nhost: {self.host}\r\ncontent-type: "
+                          f"application/json\r\ncontent-length: {len(body)}\r\n\r\n".encode()
+                          + body)
+        status = int((await self.reader.readline()).split()[1])
+        headers: dict[str, str] = {}
+        while (line := await self.reader.readline()) not in (b"\r\n", b""):
+            name, _, value = line.decode().partition(":")
+            headers[name.strip().lower()] = value.strip()
+        return status, headers, await self.reader.readexactly(int(headers["content-length"]))
+
+    async def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+            await self.writer.wait_closed()
+
+
+async def overhead_breakdown(url: str, task_ids: list[str], requests: int, seed: int
+                             ) -> list[dict[str, float | int | str]]:
+    """Concurrency 1, httpx and the bare client taking turns request by request (so drift hits
+    both alike): a GET /healthz round trip, then predicts split by their Server-Timing into the
+    queue, the forward, the reply's transit back to the API, the rest of the route, and
+    everything outside the route (client, HTTP parsing, middlewares, validation)."""
+    rng = random.Random(seed)
+    texts = [s.text for s in sentences(64, 45, seed)]
+    raw = RawHttp(url)
+    got: dict[str, dict[str, list[float]]] = {c: {} for c in ("httpx", "raw")}
+
+    def note(client: str, key: str, value: float) -> None:
+        got[client].setdefault(key, []).append(value)
+
+    async with httpx.AsyncClient(timeout=30) as http:
+        for _ in range(requests):
+            body = {"inputs": [rng.choice(texts)]}
+            path = f"/v1/tasks/{rng.choice(task_ids)}/predict"
+            for client in ("httpx", "raw"):
+                started = time.perf_counter()
+                if client == "httpx":
+                    await http.get(f"{url}/healthz")
+                else:
+                    await raw.request("GET", "/healthz")
+                note(client, "healthz", time.perf_counter() - started)
+                started = time.perf_counter()
+                if client == "httpx":
+                    r = await http.post(url + path, json=body)
+                    status, timing = r.status_code, r.headers.get("server-timing")
+                else:
+                    status, headers, _ = await raw.request("POST", path,
+                                                           json.dumps(body).encode())
+                    timing = headers.get("server-timing")
+                latency = time.perf_counter() - started
+                t = _timing(timing)
+                if status != 200 or not {"queue", "compute", "transit", "api"} <= t.keys():
+                    note(client, "failed", 1)
+                    continue
+                note(client, "latency", 1000 * latency)
+                for key in ("queue", "compute", "transit"):
+                    note(client, key, t[key])
+                note(client, "route_rest", t["api"] - t["queue"] - t["compute"] - t["transit"])
+                note(client, "outside_route", 1000 * latency - t["api"])
+                note(client, "overhead", 1000 * latency - t["compute"])
+    await raw.close()
+    med = statistics.median
+    return [{"client": c, "requests": len(v.get("latency", [])),
+             "failed": len(v.get("failed", [])),
+             "healthz_p50_ms": round(1000 * med(v["healthz"]), 2),
+             **{f"{k}_p50_ms": round(med(v[k]), 2) for k in
+                ("latency", "compute", "overhead", "queue", "transit", "route_rest",
+                 "outside_route")}} for c, v in got.items()]

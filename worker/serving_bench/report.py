@@ -84,6 +84,18 @@ def render(payload: dict[str, Any]) -> str:
                 "of the batch (Server-Timing); overhead = latency − compute (HTTP, API, Redis, "
                 "queueing, the batch window).", ""]
         out += http_table(payload["http"]) + [""]
+    if payload.get("http_overhead"):
+        out += ["### Where the overhead goes at concurrency 1", "",
+                "One client at a time, httpx and a bare keep-alive HTTP/1.1 client taking turns "
+                "request by request. Server-Timing splits each predict into queue (enqueue to "
+                "the worker's batch start), compute (the forward), transit (the reply back to "
+                "the API), route_rest (the rest of the predict route) and outside_route (the "
+                "client, HTTP parsing, middlewares, body validation); healthz = a GET /healthz "
+                "round trip.", ""]
+        keys = tuple(payload["http_overhead"][0])
+        out += ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
+        out += ["| " + " | ".join(_fmt(r.get(k)) for k in keys) + " |"
+                for r in payload["http_overhead"]] + [""]
     if payload.get("swap"):
         s = payload["swap"]
         base = s["baseline"]
@@ -173,7 +185,8 @@ def plots(payload: dict[str, Any], out: Path) -> list[Path]:
     return files
 
 
-PART_KEYS = ("engine", "engine_config", "http", "http_config", "swap", "memory")
+PART_KEYS = ("engine", "engine_config", "http", "http_config", "http_overhead", "swap",
+             "memory")
 
 
 def merge(payload: dict[str, Any], path: Path) -> dict[str, Any]:
