@@ -7,6 +7,7 @@ import gc
 import hashlib
 import json
 import os
+import statistics
 import subprocess
 import sys
 import threading
@@ -22,6 +23,8 @@ from worker.bank import LoadedBank
 from worker.modules import AdapterModule, head_to_bytes
 from worker.serving_bench.synthetic import SyntheticBank, build_bank
 from worker.version_prefetch import ServingGate
+
+IDLE_WINDOW_MAX_S = 10.0
 
 
 def rss_bytes() -> int:
@@ -79,17 +82,18 @@ class BankWriter:
                             note=f"synthetic {self.bank.shape} bank of {tasks} tasks")
 
 
-def _longest_step(step: Callable[[], object], while_alive: threading.Thread | None,
-                  steps: int) -> float:
-    """The longest of ``steps`` serving steps (at least), or of every step while
-    ``while_alive`` runs: what a request waits longest for while a version loads beside it."""
-    longest, done = 0.0, 0
-    while done < steps or (while_alive is not None and while_alive.is_alive()):
+def _step_times(step: Callable[[], object], while_alive: threading.Thread | None,
+                seconds: float) -> list[float]:
+    """Durations of serving steps run back to back while ``while_alive`` runs, or for
+    ``seconds`` (at least one step either way)."""
+    times: list[float] = []
+    end = time.perf_counter() + seconds
+    while not times or (while_alive.is_alive() if while_alive is not None
+                        else time.perf_counter() < end):
         started = time.perf_counter()
         step()
-        longest = max(longest, time.perf_counter() - started)
-        done += 1
-    return longest
+        times.append(time.perf_counter() - started)
+    return times
 
 
 def _measure(blobs: Path, manifest: Path, grown: Path, base_name: str, device: str,
@@ -119,7 +123,8 @@ def _measure(blobs: Path, manifest: Path, grown: Path, base_name: str, device: s
         with gate.forward(), torch.inference_mode():
             model.embed(batch, None)
 
-    idle = _longest_step(forward, None, 20)
+    for _ in range(3):
+        forward()  # warm
     prepared: list[float] = []
 
     def prepare() -> None:
@@ -130,12 +135,17 @@ def _measure(blobs: Path, manifest: Path, grown: Path, base_name: str, device: s
 
     thread = threading.Thread(target=prepare)
     thread.start()
-    during = _longest_step(forward, thread, 1)
+    during = _step_times(forward, thread, 0.0)
     thread.join()
+    # As many seconds of forwards with nothing loading beside them: on a shared machine the
+    # longest of many forwards grows with their number, so both sides get the same window.
+    idle = _step_times(forward, None, min(prepared[0], IDLE_WINDOW_MAX_S))
     return {"rss_over_base_mib": round((after - before) / 2**20, 1), "cold_load_s": round(cold, 3),
             "prepare_one_more_task_s": round(prepared[0], 4),
-            "longest_forward_ms_while_preparing": round(1000 * during, 1),
-            "longest_forward_ms_idle": round(1000 * idle, 1),
+            "longest_forward_ms_while_preparing": round(1000 * max(during), 1),
+            "longest_forward_ms_idle": round(1000 * max(idle), 1),
+            "median_forward_ms_while_preparing": round(1000 * statistics.median(during), 1),
+            "median_forward_ms_idle": round(1000 * statistics.median(idle), 1),
             "rss_base_mib": round(before / 2**20, 1), "dtype": dtype_name}
 
 

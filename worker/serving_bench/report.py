@@ -40,7 +40,8 @@ def http_table(rows: list[dict[str, Any]]) -> list[str]:
 
 def memory_table(rows: list[dict[str, Any]]) -> list[str]:
     keys = ("shape", "dtype", "tasks", "modules", "adapter_params", "rss_over_base_mib",
-            "cold_load_s", "prepare_one_more_task_s", "longest_forward_ms_while_preparing",
+            "cold_load_s", "prepare_one_more_task_s", "median_forward_ms_while_preparing",
+            "median_forward_ms_idle", "longest_forward_ms_while_preparing",
             "longest_forward_ms_idle")
     lines = ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
     lines += ["| " + " | ".join(_fmt(r.get(k)) for k in keys) + " |" for r in rows]
@@ -121,9 +122,12 @@ def render(payload: dict[str, Any]) -> str:
                 "tasks (cold load; resident memory is the RSS growth over the loaded base), then "
                 "prepares the version with one more task on a second thread, as the inference "
                 "worker's prefetcher does (parse the manifest, load only the new modules), while "
-                "the first thread keeps running one-row forwards: the longest forward meanwhile "
-                "against the longest of 20 idle ones shows whether preparing stalls serving. The "
-                "swap itself is a reference change between batches.", ""]
+                "the first thread keeps running one-row forwards back to back (marked as the "
+                "worker marks its forwards, so the loader pauses for them): their median and "
+                "longest meanwhile, against as many seconds of forwards with nothing loading "
+                "(on a shared machine the longest of many forwards grows with their number), "
+                "show whether preparing stalls serving. The swap itself is a reference change "
+                "between batches.", ""]
         out += memory_table(payload["memory"]) + [""]
     if payload.get("notes"):
         out += ["## Notes", ""] + [f"- {n}" for n in payload["notes"]] + [""]
