@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import threading
 import time
 from pathlib import Path
@@ -122,3 +123,21 @@ def test_a_loader_pause_waits_for_the_running_forward(monkeypatch: pytest.Monkey
         events.append("forward done")
     loader.join(timeout=30)
     assert events == ["forward done", "paused"]
+
+
+def test_loading_holds_the_collector_and_freezes_what_it_loaded() -> None:
+    enabled = gc.isenabled()
+    try:
+        gc.enable()
+        with version_prefetch.collector_held():
+            assert not gc.isenabled()  # no full collection can start while a version loads
+            loaded = [{"record": n} for n in range(1000)]
+        assert gc.isenabled()
+        assert gc.get_freeze_count() >= len(loaded)  # out of later collections' walks
+        gc.disable()
+        with version_prefetch.collector_held():
+            pass
+        assert not gc.isenabled()  # a collector that was off stays off
+    finally:
+        gc.unfreeze()
+        (gc.enable if enabled else gc.disable)()

@@ -22,7 +22,7 @@ from adapters_store.records import BankManifest, BaseModelInfo, HeadRecord, Modu
 from worker.bank import LoadedBank
 from worker.modules import AdapterModule, head_to_bytes
 from worker.serving_bench.synthetic import SyntheticBank, build_bank
-from worker.version_prefetch import ServingGate
+from worker.version_prefetch import ServingGate, collector_held
 
 IDLE_WINDOW_MAX_S = 10.0
 
@@ -129,8 +129,9 @@ def _measure(blobs: Path, manifest: Path, grown: Path, base_name: str, device: s
 
     def prepare() -> None:
         begun = time.perf_counter()
-        loaded.sync(BankManifest.from_json(grown.read_text(), gate.pause),
-                    protect=frozenset({current.version}), pause=gate.pause)
+        with collector_held():
+            loaded.sync(BankManifest.from_json(grown.read_text(), gate.pause),
+                        protect=frozenset({current.version}), pause=gate.pause)
         prepared.append(time.perf_counter() - begun)
 
     thread = threading.Thread(target=prepare)
