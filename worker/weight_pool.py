@@ -48,6 +48,7 @@ class SitePool:
         self._free: list[int] = []
         self._retired: list[int] = []
         self._used = 0
+        self._local = threading.local()  # each forward thread's gather buffers
 
     def _grown(self, capacity: int) -> dict[str, torch.Tensor]:
         # empty: pages of slots never written are not resident.
@@ -86,7 +87,17 @@ class SitePool:
             return self._used - len(self._free) - len(self._retired)
 
     def gather(self, name: str, index: torch.Tensor) -> torch.Tensor:
-        return self.tensors[name].index_select(0, index)
+        """Rows ``index`` of tensor ``name``, into a buffer this thread reuses: valid until its
+        next gather of ``name``. A fresh 2.4 MB tensor per gather (32 rows of bottleneck-48
+        weights) page-faulted on every forward: 0.5 ms per gather instead of 0.1."""
+        src = self.tensors[name]
+        buffers: dict[str, torch.Tensor] = self._local.__dict__.setdefault("buffers", {})
+        buf = buffers.get(name)
+        if buf is None or buf.shape[0] < index.numel() or buf.shape[1:] != src.shape[1:] \
+                or buf.dtype != src.dtype or buf.device != src.device:
+            buf = buffers[name] = torch.empty((index.numel(), *src.shape[1:]), dtype=src.dtype,
+                                              device=src.device)
+        return torch.index_select(src, 0, index, out=buf[:index.numel()])
 
 
 class _PoolSlot:

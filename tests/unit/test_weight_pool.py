@@ -4,6 +4,7 @@ only after the serving thread reclaims them."""
 from __future__ import annotations
 
 import random
+import threading
 
 import pytest
 import torch
@@ -141,3 +142,20 @@ def test_bf16_pools_hold_bf16_weights() -> None:
     got = y.clone()
     part.apply_(got)
     torch.testing.assert_close(got, want, atol=2e-2, rtol=2e-2)
+
+
+def test_gathers_reuse_a_buffer_per_thread() -> None:
+    pools = WeightPools(torch.float32, CPU)
+    served = [pools.adopt(random_module("lora", 0, seed=s)) for s in range(4)]
+    pool = served[0].parts["query"].pool
+    index = torch.tensor([p.parts["query"].slot for p in served[::-1]])
+    first = pool.gather("A", index)
+    torch.testing.assert_close(first, pool.tensors["A"].index_select(0, index))
+    again = pool.gather("A", index[:2])  # the same buffer, fewer rows
+    assert again.data_ptr() == first.data_ptr()
+    torch.testing.assert_close(again, pool.tensors["A"].index_select(0, index[:2]))
+    other: list[torch.Tensor] = []
+    thread = threading.Thread(target=lambda: other.append(pool.gather("A", index)))
+    thread.start()
+    thread.join()
+    assert other[0].data_ptr() != first.data_ptr()  # another thread, its own buffer
