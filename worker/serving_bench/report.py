@@ -93,7 +93,9 @@ def render(payload: dict[str, Any]) -> str:
                 "the API), route_rest (the rest of the predict route) and outside_route (the "
                 "client, HTTP parsing, middlewares, body validation); healthz = a GET /healthz "
                 "round trip.", ""]
-        keys = tuple(payload["http_overhead"][0])
+        keys = ("client", "requests", "failed", "healthz_p50_ms", "latency_p50_ms",
+                "compute_p50_ms", "overhead_p50_ms", "queue_p50_ms", "transit_p50_ms",
+                "route_rest_p50_ms", "outside_route_p50_ms")
         out += ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
         out += ["| " + " | ".join(_fmt(r.get(k)) for k in keys) + " |"
                 for r in payload["http_overhead"]] + [""]
