@@ -55,7 +55,10 @@ def test_pooled_segments_equal_the_modules_per_group_in_any_order(seed: int) -> 
     words = "one two three four five six seven eight nine ten eleven twelve".split()
     items = [InputItem(text=" ".join(rng.sample(words, rng.randint(1, 12)))) for _ in range(32)]
     routes = [rng.choice(tasks) for _ in items]
-    order = route_order([tuple(str(id(m)) for m in r) for r in routes])
+    # Keys by position in ``modules`` (not id(), which would make the order, and so the number
+    # of segments per pool, differ from run to run).
+    position = {id(m): f"{k:02d}" for layer in modules for k, m in enumerate(layer)}
+    order = route_order([tuple("" if m is None else position[id(m)] for m in r) for r in routes])
     sorted_items = [items[k] for k in order]
     sorted_routes = [routes[k] for k in order]
     pooled_routes = [[None if m is None else served[id(m)] for m in r] for r in sorted_routes]
