@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
 
@@ -11,6 +12,7 @@ import anyio
 import redis
 import redis.asyncio as aioredis
 
+from adapters_store.collector import collector_held
 from adapters_store.records import BankManifest
 from adapters_store.registry import Registry
 
@@ -25,6 +27,10 @@ STAGED_POLL_S = 0.1
 LIVE_POINTER_MAX_AGE_S = 0.25
 
 log = logging.getLogger(__name__)
+
+
+def _yield_gil() -> None:
+    time.sleep(0)
 
 
 def _text(raw: bytes | str | None) -> str | None:
@@ -67,8 +73,10 @@ class LiveView:
                 raw, live = await self.r.mget(self.registry.keys.staged, self.registry.keys.live)
                 self._remember_live(live, read_at)
                 version = _text(raw)
-                if version is not None and version not in failed:
-                    await self.manifest(version)
+                if version is not None and version not in failed \
+                        and version not in self._manifests:
+                    with collector_held():  # a thousand-task parse must not set off a full GC
+                        await self.manifest(version)
             except asyncio.CancelledError:
                 raise
             except (redis.RedisError, OSError) as exc:  # predict still parses it when live
@@ -104,7 +112,10 @@ class LiveView:
         cached = self._manifests.get(version)
         if cached is not None:
             return cached
-        manifest = await anyio.to_thread.run_sync(self.registry.manifest, version)
+        # Parsed on a thread that yields the GIL every few records, so the event loop keeps
+        # answering while a large manifest parses.
+        manifest = await anyio.to_thread.run_sync(
+            functools.partial(self.registry.manifest, version, pause=_yield_gil))
         if len(self._manifests) >= MANIFEST_CACHE_SIZE:
             self._manifests.pop(next(iter(self._manifests)))
         self._manifests[version] = manifest

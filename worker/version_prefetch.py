@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import gc
 import logging
 import threading
 import time
@@ -11,6 +10,7 @@ from contextlib import contextmanager
 
 import redis
 
+from adapters_store.collector import collector_held
 from adapters_store.registry import Registry
 from worker.bank import LoadedBank
 
@@ -50,24 +50,6 @@ class ServingGate:
     def pause(self) -> None:
         self._idle.wait(MAX_DEFER_S)
         time.sleep(0)  # releases the GIL even when no forward runs
-
-
-@contextmanager
-def collector_held() -> Iterator[None]:
-    """Around loading a version: no garbage collection starts while it loads, and what it
-    loaded is then frozen out of later collections. Parsing a large manifest allocates hundreds
-    of thousands of objects, enough to set off a full collection that walks every object of
-    every loaded version with the GIL held (measured with 1,000 bottleneck tasks: a one-row
-    forward beside the load took 300-360 ms instead of 10-15, none with collection held).
-    Frozen objects are still freed by reference counting when a version is evicted."""
-    was_enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if was_enabled:
-            gc.enable()
-        gc.freeze()
 
 
 class VersionPrefetcher:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import threading
 import time
@@ -528,3 +529,18 @@ def test_column_mapping_reads_other_names_and_ignores_other_columns(
                               params={"text_field": "sentence", "label_field": "sentence"}),
                        422, "invalid_input")
     assert "must differ" in err["message"]
+
+
+def test_the_api_parses_a_staged_version_before_it_goes_live(settings: Settings,
+                                                             registry: Registry) -> None:
+    registry.publish(make_manifest(), reason="test")
+    collecting = gc.isenabled()
+    with client_for(settings) as client:
+        live = client.app.state.live
+        registry.stage(make_manifest("v2", parent="v1"))
+        deadline = time.monotonic() + 10
+        while "v2" not in live._manifests and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert "v2" in live._manifests  # parsed ahead, before any predict asked for it
+        assert gc.isenabled() == collecting  # the collector hold ended with the parse
+    gc.unfreeze()

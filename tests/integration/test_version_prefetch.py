@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from adapters_store.blobstore import BlobStore
+from adapters_store.collector import collector_held
 from adapters_store.errors import Conflict, NotFound
 from adapters_store.registry import Registry
 from adapters_store.streams import Heartbeat
@@ -129,13 +130,13 @@ def test_loading_holds_the_collector_and_freezes_what_it_loaded() -> None:
     enabled = gc.isenabled()
     try:
         gc.enable()
-        with version_prefetch.collector_held():
+        with collector_held():
             assert not gc.isenabled()  # no full collection can start while a version loads
             loaded = [{"record": n} for n in range(1000)]
         assert gc.isenabled()
         assert gc.get_freeze_count() >= len(loaded)  # out of later collections' walks
         gc.disable()
-        with version_prefetch.collector_held():
+        with collector_held():
             pass
         assert not gc.isenabled()  # a collector that was off stays off
     finally:

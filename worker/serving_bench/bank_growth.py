@@ -18,11 +18,12 @@ from pathlib import Path
 import torch
 
 from adapters_store.blobstore import BlobStore
+from adapters_store.collector import collector_held
 from adapters_store.records import BankManifest, BaseModelInfo, HeadRecord, ModuleRecord, Route
 from worker.bank import LoadedBank
 from worker.modules import AdapterModule, head_to_bytes
 from worker.serving_bench.synthetic import SyntheticBank, build_bank
-from worker.version_prefetch import ServingGate, collector_held
+from worker.version_prefetch import ServingGate
 
 IDLE_WINDOW_MAX_S = 10.0
 
