@@ -43,7 +43,8 @@ class PrepareReport:
     waited_s: float
 
 
-def _s(value: bytes | str | None) -> str | None:
+def as_text(value: bytes | str | None) -> str | None:
+    """A Redis reply (bytes from a client without decode_responses) as text; None stays None."""
     return value.decode() if isinstance(value, bytes) else value
 
 
@@ -70,7 +71,7 @@ class Registry:
 
     # ---- bank versions -------------------------------------------------------------------
     def live_version(self) -> str | None:
-        return _s(self.r.get(self.keys.live))
+        return as_text(self.r.get(self.keys.live))
 
     def manifest(self, version: str, pause: Callable[[], None] | None = None) -> BankManifest:
         raw = self.r.get(self.keys.version(version))
@@ -99,12 +100,12 @@ class Registry:
     def is_staged(self, version: str) -> bool:
         """Whether ``version`` is stored but not published yet (its publish waits for workers):
         it must not be served by name or rolled back to."""
-        return _s(self.r.get(self.keys.staged)) == version
+        return as_text(self.r.get(self.keys.staged)) == version
 
     def staged_and_live(self) -> tuple[str | None, str | None]:
         """The staged and the live version, in one round trip."""
         staged, live = self.r.mget(self.keys.staged, self.keys.live)
-        return _s(staged), _s(live)
+        return as_text(staged), as_text(live)
 
     def mark_prepared(self, version: str, worker_id: str) -> None:
         with self.r.pipeline(transaction=False) as pipe:
@@ -118,7 +119,7 @@ class Registry:
         started = time.monotonic()
         while True:
             serving = {hb.worker_id for hb in self.heartbeats() if hb.kind == "inference"}
-            ready = {_s(w) for w in self.r.smembers(self.keys.prepared(version))} & serving
+            ready = {as_text(w) for w in self.r.smembers(self.keys.prepared(version))} & serving
             waited = time.monotonic() - started
             if ready >= serving or waited >= timeout_s:
                 return PrepareReport(workers=len(serving), prepared=len(ready),
@@ -136,7 +137,7 @@ class Registry:
             report = self.await_prepared(manifest.version, prepare_timeout_s)
         with self.r.pipeline() as pipe:
             pipe.watch(self.keys.live)
-            current = _s(pipe.get(self.keys.live))
+            current = as_text(pipe.get(self.keys.live))
             if current != manifest.parent:
                 pipe.reset()
                 if report is not None:  # a staged version that will never be live: unstore it
@@ -168,7 +169,7 @@ class Registry:
             raise Conflict(f"bank version {version!r} is staged, not published: it goes live "
                            "when its publish completes", {"version": version})
         with self.r.pipeline() as pipe:
-            previous = _s(self.r.get(self.keys.live))
+            previous = as_text(self.r.get(self.keys.live))
             if previous == version:  # idempotent: already live, nothing to record
                 return {"version": version, "at": time.time(), "reason": "already live",
                         "previous": previous}
@@ -196,7 +197,7 @@ class Registry:
         return TaskRecord.from_json(raw)
 
     def task_ids(self) -> list[str]:
-        return sorted(_s(t) for t in self.r.smembers(self.keys.tasks))
+        return sorted(as_text(t) for t in self.r.smembers(self.keys.tasks))
 
     def job(self, job_id: str) -> JobRecord:
         raw = self.r.get(self.keys.job(job_id))
@@ -206,7 +207,7 @@ class Registry:
 
     def jobs(self, limit: int = 50) -> list[JobRecord]:
         ids = self.r.zrevrange(self.keys.jobs_index, 0, max(0, limit - 1))
-        raws = self.r.mget([self.keys.job(_s(i)) for i in ids]) if ids else []
+        raws = self.r.mget([self.keys.job(as_text(i)) for i in ids]) if ids else []
         return [JobRecord.from_json(r) for r in raws if r is not None]
 
     def cancel_job(self, job_id: str) -> JobRecord:
@@ -346,14 +347,14 @@ class Registry:
     def forget_workers_of_pid(self, pid: int) -> list[str]:
         """Drop the heartbeats of the worker(s) a process ran (ids carry the pid: a supervisor
         knows a child is dead before its heartbeat expires)."""
-        gone = [w for w in (_s(m) for m in self.r.smembers(self.keys.workers))
+        gone = [w for w in (as_text(m) for m in self.r.smembers(self.keys.workers))
                 if w is not None and f"-{pid}-" in w]
         for worker_id in gone:
             self.forget_worker(worker_id)
         return gone
 
     def heartbeats(self) -> list[Heartbeat]:
-        ids = sorted(_s(w) for w in self.r.smembers(self.keys.workers))
+        ids = sorted(as_text(w) for w in self.r.smembers(self.keys.workers))
         raws = self.r.mget([self.keys.heartbeat(w) for w in ids]) if ids else []
         alive = []
         for worker_id, raw in zip(ids, raws, strict=True):

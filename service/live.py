@@ -14,7 +14,7 @@ import redis.asyncio as aioredis
 
 from adapters_store.collector import collector_held
 from adapters_store.records import BankManifest
-from adapters_store.registry import Registry
+from adapters_store.registry import Registry, as_text
 
 MANIFEST_CACHE_SIZE = 8
 WORKER_CACHE_S = 1.0
@@ -31,10 +31,6 @@ log = logging.getLogger(__name__)
 
 def _yield_gil() -> None:
     time.sleep(0)
-
-
-def _text(raw: bytes | str | None) -> str | None:
-    return raw.decode() if isinstance(raw, bytes) else raw
 
 
 class LiveView:
@@ -72,7 +68,7 @@ class LiveView:
                 read_at = time.monotonic()
                 raw, live = await self.r.mget(self.registry.keys.staged, self.registry.keys.live)
                 self._remember_live(live, read_at)
-                version = _text(raw)
+                version = as_text(raw)
                 if version is not None and version not in failed \
                         and version not in self._manifests:
                     with collector_held():  # a thousand-task parse must not set off a full GC
@@ -104,7 +100,7 @@ class LiveView:
 
     def _remember_live(self, raw: bytes | str | None, read_at: float) -> None:
         if read_at >= self._live_read_at and read_at > self._forgot_at:
-            self._live = _text(raw)
+            self._live = as_text(raw)
             self._live_read_at = read_at
 
     async def manifest(self, version: str) -> BankManifest:
@@ -123,7 +119,7 @@ class LiveView:
 
     async def is_staged(self, version: str) -> bool:
         """Read fresh (a pinned request is rare): a staged version turns published at once."""
-        return _text(await self.r.get(self.registry.keys.staged)) == version
+        return as_text(await self.r.get(self.registry.keys.staged)) == version
 
     async def live_manifest(self, fresh: bool = True) -> BankManifest | None:
         version = await self.live_version(fresh)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import time
+from typing import Any
 
 import redis
 import torch
@@ -12,6 +13,7 @@ from pydantic import ValidationError
 
 from adapters_store.keys import INFERENCE_GROUP
 from adapters_store.logs import configure_logging
+from adapters_store.registry import as_text
 from adapters_store.settings import Settings
 from adapters_store.streams import (
     Heartbeat,
@@ -132,9 +134,8 @@ class InferenceWorker(StreamWorker):
     def read_along(self, pipe: redis.client.Pipeline) -> None:
         pipe.get(self.keys.live)
 
-    def read_along_results(self, results: list[object]) -> None:
-        raw = results[0]
-        self.live_at_read = raw.decode() if isinstance(raw, bytes) else None
+    def read_along_results(self, results: list[Any]) -> None:
+        self.live_at_read = as_text(results[0])
 
     def handle(self, entries: list[Entry], pipe: redis.client.Pipeline) -> None:
         # The pointer as Redis had it just after these entries were read: a request never meets

@@ -126,21 +126,20 @@ class SegmentRouting:
                 return y + fn(x) if mode == PARALLEL else fn(y)
             return self._out_of_place(segments, part, mode, x, y)
         # y is the frozen Linear's fresh output: writing into it is safe and saves a full copy.
-        for pool, group in _pool_groups(segments, part):
-            if len(group) >= (LORA_BATCH_MIN_SEGMENTS if mode == PARALLEL
-                              else BOTTLENECK_BATCH_MIN_SEGMENTS):
-                _batched(pool, group, part, x, y)
+        pooled, unpooled = _pool_groups(segments, part)
+        at_least = LORA_BATCH_MIN_SEGMENTS if mode == PARALLEL else BOTTLENECK_BATCH_MIN_SEGMENTS
+        for group in pooled:
+            if len(group) >= at_least:
+                _batched(group, part, x, y)
                 continue
             for seg in group:
-                fn = seg.module.parts[part]
-                if isinstance(fn, PooledLora):
-                    fn.apply_(x[seg.start:seg.end], y[seg.start:seg.end])
-                elif isinstance(fn, PooledBottleneck):
-                    fn.apply_(y[seg.start:seg.end])
-                elif mode == PARALLEL:
-                    y[seg.start:seg.end] += fn(x[seg.start:seg.end])
-                else:
-                    y[seg.start:seg.end] = fn(y[seg.start:seg.end])
+                seg.module.parts[part].apply_(x[seg.start:seg.end], y[seg.start:seg.end])
+        for seg in unpooled:
+            fn = seg.module.parts[part]
+            if mode == PARALLEL:
+                y[seg.start:seg.end] += fn(x[seg.start:seg.end])
+            else:
+                y[seg.start:seg.end] = fn(y[seg.start:seg.end])
         return y
 
     def _out_of_place(self, segments: list[Segment], part: str, mode: str, x: torch.Tensor,
@@ -157,28 +156,28 @@ class SegmentRouting:
 
 
 def _pool_groups(segments: list[Segment], part: str
-                 ) -> list[tuple[SitePool | None, list[Segment]]]:
-    """Segments whose part lives in one pool, by pool; each unpooled segment on its own."""
+                 ) -> tuple[list[list[Segment]], list[Segment]]:
+    """Segments whose part lives in a pool, grouped by pool; and the unpooled ones."""
     by_pool: dict[SitePool, list[Segment]] = {}
-    alone: list[tuple[SitePool | None, list[Segment]]] = []
+    unpooled: list[Segment] = []
     for seg in segments:
         fn = seg.module.parts[part]
         if isinstance(fn, PooledLora | PooledBottleneck):
             by_pool.setdefault(fn.pool, []).append(seg)
         else:
-            alone.append((None, [seg]))
-    return [*by_pool.items(), *alone]
+            unpooled.append(seg)
+    return list(by_pool.values()), unpooled
 
 
-def _batched(pool: SitePool | None, group: list[Segment], part: str, x: torch.Tensor,
-             y: torch.Tensor) -> None:
+def _batched(group: list[Segment], part: str, x: torch.Tensor, y: torch.Tensor) -> None:
     """Every segment of one pool at this site in two batched matmuls (Punica's BGMV: each row
     gathers its own weights from the pool), instead of two small matmuls per segment."""
-    assert pool is not None
+    first = group[0].module.parts[part]
+    pool = first.pool
     slots = _to(torch.tensor([seg.module.parts[part].slot for seg in group
                               for _ in range(seg.end - seg.start)]), y.device)
     rows = _RowSpan(group, y.device)
-    if "A" in pool.tensors:  # LoRA: the scale goes on the rank-r product, the expand into y
+    if isinstance(first, PooledLora):  # the scale goes on the rank-r product, the expand into y
         shrunk = torch.bmm(rows.read(x), pool.gather("A", slots).transpose(1, 2))
         shrunk *= pool.gather("scale", slots)[:, None, None]
         rows.add_product(y, shrunk, pool.gather("B", slots).transpose(1, 2))

@@ -10,6 +10,7 @@ import threading
 import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
+from typing import Any
 
 import redis
 
@@ -100,7 +101,7 @@ class StreamWorker(ABC):
         returns (after its block, too); their results go to ``read_along_results``."""
         return None
 
-    def read_along_results(self, results: list[object]) -> None:
+    def read_along_results(self, results: list[Any]) -> None:
         return None
 
     def _read(self, cfg: StreamConfig, count: int, block_ms: int | None) -> list[Entry]:

@@ -140,8 +140,9 @@ class PooledBottleneck(_PoolSlot):
         return y + nn.functional.linear(self._hidden(y), t["up_w"][self.slot],
                                         t["up_b"][self.slot])
 
-    def apply_(self, y: torch.Tensor) -> None:
-        """y = a(y), in place: the up projection and its bias accumulate into y."""
+    def apply_(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        """y = a(y), in place: the up projection and its bias accumulate into y. ``x`` (the
+        site's input) is not read: the same call as a LoRA part's, for the routing."""
         t = self.pool.tensors
         hidden = self._hidden(y)
         y += t["up_b"][self.slot]  # before the product: measured ~10% faster than after
