@@ -10,7 +10,14 @@ from torch import nn
 
 from adapters_store.model_families import PARALLEL
 from worker.modules import AdapterModule
-from worker.weight_pool import PooledBottleneck, PooledLora, ServedModule, SitePool
+from worker.weight_pool import (
+    PooledLora,
+    PooledPart,
+    PooledSparse,
+    ServedModule,
+    SitePool,
+    csr_matrix,
+)
 
 # From this many segments of one pool at a site on, one gather of each row's weights from the
 # pool and batched matmuls beat a pair of small matmuls per segment (measured on 2 CPU cores with
@@ -18,6 +25,7 @@ from worker.weight_pool import PooledBottleneck, PooledLora, ServedModule, SiteP
 # bottleneck-48 weights are 9x larger, so gathering them per row pays off later and less).
 LORA_BATCH_MIN_SEGMENTS = 2
 BOTTLENECK_BATCH_MIN_SEGMENTS = 4
+SPARSE_BATCH_MIN_SEGMENTS = 2
 
 
 @dataclass(frozen=True)
@@ -127,9 +135,14 @@ class SegmentRouting:
             return self._out_of_place(segments, part, mode, x, y)
         # y is the frozen Linear's fresh output: writing into it is safe and saves a full copy.
         pooled, unpooled = _pool_groups(segments, part)
-        at_least = LORA_BATCH_MIN_SEGMENTS if mode == PARALLEL else BOTTLENECK_BATCH_MIN_SEGMENTS
         for group in pooled:
-            if len(group) >= at_least:
+            first = group[0].module.parts[part]
+            if isinstance(first, PooledSparse):
+                if len(group) >= SPARSE_BATCH_MIN_SEGMENTS:
+                    _batched_sparse(group, part, x, y)
+                    continue
+            elif len(group) >= (LORA_BATCH_MIN_SEGMENTS if isinstance(first, PooledLora)
+                                else BOTTLENECK_BATCH_MIN_SEGMENTS):
                 _batched(group, part, x, y)
                 continue
             for seg in group:
@@ -162,7 +175,7 @@ def _pool_groups(segments: list[Segment], part: str
     unpooled: list[Segment] = []
     for seg in segments:
         fn = seg.module.parts[part]
-        if isinstance(fn, PooledLora | PooledBottleneck):
+        if isinstance(fn, PooledPart):
             by_pool.setdefault(fn.pool, []).append(seg)
         else:
             unpooled.append(seg)
@@ -190,6 +203,31 @@ def _batched(group: list[Segment], part: str, x: torch.Tensor, y: torch.Tensor) 
                      pool.gather("up_b", slots))
 
 
+def _batched_sparse(group: list[Segment], part: str, x: torch.Tensor, y: torch.Tensor) -> None:
+    """Every segment of one sparse pool at this site in one CSR product: the rows' matrices
+    form one block-diagonal matrix (block b = row b's ΔW) times the rows' inputs stacked as
+    blocks of columns, so one call does what one call per segment did, with the same multiply-
+    adds (measured on 2 CPU cores, 32 rows of 50 MiniLM tokens over 17 segments at 5% kept: one
+    call plus building the matrix took about 3 ms against 4.7 for one call per segment)."""
+    first = group[0].module.parts[part]
+    pool, (out_f, in_f) = first.pool, first.shape
+    slots = _to(torch.tensor([seg.module.parts[part].slot for seg in group
+                              for _ in range(seg.end - seg.start)]), y.device)
+    rows = _RowSpan(group, y.device)
+    n, kept = slots.numel(), pool.specs["col"][0][0]
+    block = torch.arange(n, device=y.device, dtype=torch.int32)[:, None]
+    crow = torch.empty(n * out_f + 1, dtype=torch.int32, device=y.device)
+    torch.add(pool.gather("crow", slots)[:, :-1], block * kept, out=crow[:-1].view(n, out_f))
+    crow[-1] = n * kept
+    col = pool.gather("col", slots).add_(block * in_f)  # the gather buffer is this call's own
+    big = csr_matrix(crow, col.view(-1), pool.gather("val", slots).view(-1),
+                     (n * out_f, n * in_f))
+    xs = rows.read(x)
+    stacked = xs.to(torch.float32).transpose(1, 2).reshape(n * in_f, xs.shape[1])
+    delta = torch.sparse.mm(big, stacked).view(n, out_f, xs.shape[1]).transpose(1, 2)
+    rows.add_(y, delta.to(y.dtype))
+
+
 def _to(t: torch.Tensor, device: torch.device) -> torch.Tensor:
     # Index tensors are built on the host; on a GPU the copy must not wait for running kernels.
     return t if device.type == "cpu" else t.to(device, non_blocking=True)
@@ -207,6 +245,13 @@ class _RowSpan:
 
     def read(self, t: torch.Tensor) -> torch.Tensor:
         return t[self.start:self.end] if self.index is None else t.index_select(0, self.index)
+
+    def add_(self, y: torch.Tensor, delta: torch.Tensor) -> None:
+        """y[rows] += delta, in place."""
+        if self.index is None:
+            y[self.start:self.end] += delta
+        else:
+            y.index_add_(0, self.index, delta)
 
     def add_product(self, y: torch.Tensor, h: torch.Tensor, w: torch.Tensor,
                     bias: torch.Tensor | None = None) -> None:

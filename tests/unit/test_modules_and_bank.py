@@ -61,7 +61,10 @@ def test_pooled_bank_serves_from_pools_and_reuses_evicted_slots_after_reclaim(tm
     v1 = bank.sync(bank_manifest(blobs, 1, mods[:3], {"a": [0, 1], "b": [2, None]}))
     a0, a1 = v1.tasks["a"].modules
     assert isinstance(a0, PooledModule) and isinstance(a1, PooledModule)
-    assert isinstance(v1.tasks["b"].modules[0], AdapterModule)  # sparse: CSR, not pooled
+    sparse = v1.tasks["b"].modules[0]
+    assert isinstance(sparse, PooledModule)  # sparse too: CSR arrays in a pool
+    torch.testing.assert_close(sparse.parts["key"].csr().to_dense(),
+                               mods[2].parts["key"].dense())
     pool, slot = a0.parts["attn"].pool, a0.parts["attn"].slot
     torch.testing.assert_close(pool.tensors["down_w"][slot], mods[0].parts["attn"].down.weight)
     # v2 drops a0: its slots are released, but not reused before the serving thread reclaims.

@@ -11,13 +11,14 @@ import torch
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
-from adapters_store.module_config import HamConfig
+from adapters_store.module_config import HamConfig, SparseConfig
 from adapters_store.streams import InputItem
 from tests.factories import CPU, random_module, tiny_model
 from worker.modules import AdapterModule
 from worker.routing import (
     BOTTLENECK_BATCH_MIN_SEGMENTS,
     LORA_BATCH_MIN_SEGMENTS,
+    SPARSE_BATCH_MIN_SEGMENTS,
     Routing,
     SegmentRouting,
     route_order,
@@ -35,23 +36,30 @@ def _ham_module(layer: int, seed: int) -> AdapterModule:
     return module
 
 
-def _served(pools: WeightPools, module: AdapterModule) -> PooledModule | AdapterModule:
-    return pools.load(module.layer, module.config, module.to_bytes()) if module.kind != "sparse" \
-        else module
+def _denser_sparse_module(layer: int, seed: int) -> AdapterModule:
+    """Sparse with more kept entries than ``random_module``'s: a pool of its own at each site."""
+    config = SparseConfig(hidden=32, intermediate=64, keep_ratio=0.3, targets=["query", "ffn_in"])
+    return synthetic.random_module(layer, config, torch.Generator().manual_seed(seed), std=0.2)
+
+
+def _served(pools: WeightPools, module: AdapterModule) -> PooledModule:
+    return pools.load(module.layer, module.config, module.to_bytes())
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_pooled_segments_equal_the_modules_per_group_in_any_order(seed: int) -> None:
-    """Enough tasks that every pool runs batched at some site, alongside unpooled sparse ones
-    and pools run segment by segment; any arrival order, any mix of row lengths."""
+    """Enough tasks that every kind's pool runs batched at some site, alongside pools run
+    segment by segment and sparse pools of different sizes at one site; any arrival order, any
+    mix of row lengths."""
     rng = random.Random(seed)
     model = tiny_model()
     pools = WeightPools(torch.float32, CPU)
-    kinds = ["bottleneck", "lora", "sparse"] + ["bottleneck", "lora"] * 3
+    kinds = ["bottleneck", "lora", "sparse"] * 4
     modules = [[random_module(kind, layer, seed=100 * layer + k) for k, kind in enumerate(kinds)]
-               + [_ham_module(layer, seed=100 * layer + 50)] for layer in range(2)]
+               + [_ham_module(layer, seed=100 * layer + 50),
+                  _denser_sparse_module(layer, seed=100 * layer + 60)] for layer in range(2)]
     served = {id(m): _served(pools, m) for layer in modules for m in layer}
-    tasks = [[rng.choice(modules[layer] + [None]) for layer in range(2)] for _ in range(16)]
+    tasks = [[rng.choice(modules[layer] + [None]) for layer in range(2)] for _ in range(20)]
     words = "one two three four five six seven eight nine ten eleven twelve".split()
     items = [InputItem(text=" ".join(rng.sample(words, rng.randint(1, 12)))) for _ in range(32)]
     routes = [rng.choice(tasks) for _ in items]
@@ -74,7 +82,8 @@ def test_pooled_segments_equal_the_modules_per_group_in_any_order(seed: int) -> 
     torch.testing.assert_close(pooled, grouped, atol=1e-5, rtol=0)
     # The batched path ran for both pooled kinds: a pool had enough segments at some layer.
     for kind, at_least in (("bottleneck", BOTTLENECK_BATCH_MIN_SEGMENTS),
-                           ("lora", LORA_BATCH_MIN_SEGMENTS)):
+                           ("lora", LORA_BATCH_MIN_SEGMENTS),
+                           ("sparse", SPARSE_BATCH_MIN_SEGMENTS)):
         assert any(sum(1 for s in segs if isinstance(s.module, PooledModule)
                        and s.module.config == modules[0][kinds.index(kind)].config) >= at_least
                    for segs in routing.layers), kind
@@ -86,7 +95,7 @@ def test_a_single_pooled_task_equals_its_module() -> None:
     items = [InputItem(text="a b c d"), InputItem(text="e f")]
     batch = model.base.tokenize(items, CPU)
     for module in (random_module("bottleneck", 0, seed=1), random_module("lora", 1, seed=2),
-                   _ham_module(0, seed=3)):
+                   _ham_module(0, seed=3), random_module("sparse", 1, seed=4)):
         route = [module, None] if module.layer == 0 else [None, module]
         pooled = [None if m is None else pools.adopt(m) for m in route]
         with torch.inference_mode():
@@ -111,6 +120,29 @@ def test_load_checks_names_and_shapes_like_the_module_would() -> None:
     loaded = pools.load(0, module.config, module.to_bytes())
     part = loaded.parts["query"]
     torch.testing.assert_close(part.pool.tensors["A"][part.slot], module.parts["query"].lora_A)
+
+
+def test_sparse_load_checks_indices_and_keeps_csr_arrays() -> None:
+    pools = WeightPools(torch.bfloat16, CPU)
+    module = random_module("sparse", 0, seed=3)
+    tensors = st_load(module.to_bytes())
+    name = "parts.query.indices"
+    broken = {
+        "out of range": {**tensors, name: tensors[name] + 32 * 32},
+        "not ascending": {**tensors, name: tensors[name].flip(0)},
+        "missing": {k: v for k, v in tensors.items() if k != "parts.key.values"},
+    }
+    for why, bad in broken.items():
+        with pytest.raises(ValueError, match="sparse"):
+            pools.load(0, module.config, st_save(bad))
+        assert all(p.slots_in_use == 0 for p in pools.pools.values()), why
+    part = pools.load(0, module.config, module.to_bytes()).parts["query"]
+    # Indices as MKL takes them, values in fp32 whatever the serving dtype.
+    assert [part.pool.tensors[k].dtype for k in ("crow", "col", "val")] == \
+        [torch.int32, torch.int32, torch.float32]
+    torch.testing.assert_close(part.csr().to_dense(), module.parts["query"].dense())
+    x = torch.randn(2, 3, 32, dtype=torch.bfloat16)
+    torch.testing.assert_close(part(x), module.parts["query"](x.float()).to(torch.bfloat16))
 
 
 def test_slots_are_reused_only_after_reclaim_and_growth_keeps_them() -> None:
