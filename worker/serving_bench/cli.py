@@ -39,7 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--duration", type=float, default=15.0, help="seconds per HTTP level")
     p.add_argument("--swap-versions", type=int, default=5)
     p.add_argument("--memory-tasks", default="1,8,64,256,1000")
-    p.add_argument("--memory-shapes", default="lora,safm,bottleneck,bottleneck@bfloat16",
+    p.add_argument("--memory-shapes", default="lora,safm,sparse,bottleneck,bottleneck@bfloat16",
                    help="shapes, each optionally @dtype (the worker's serving_dtype)")
     p.add_argument("--out", type=Path, default=ROOT / "docs" / "benchmarks")
     p.add_argument("--no-plots", action="store_true")

@@ -196,16 +196,22 @@ PART_KEYS = ("engine", "engine_config", "http", "http_config", "http_overhead", 
 
 
 def merge(payload: dict[str, Any], path: Path) -> dict[str, Any]:
-    """A run of some parts keeps the other parts of an earlier run on the same base model."""
+    """A run of some parts keeps the other parts of an earlier run on the same base model. The
+    commands listed are those whose parts the file still holds, each once."""
+    fresh = {k: payload["command"] for k in PART_KEYS if k in payload}
     try:
         old = json.loads(path.read_text())
     except (OSError, ValueError):
-        return payload | {"commands": [payload["command"]]}
+        old = {}
     if old.get("base_model") != payload["base_model"]:
-        return payload | {"commands": [payload["command"]]}
+        old = {}
     kept = {k: old[k] for k in PART_KEYS if k in old and k not in payload}
-    earlier = old.get("commands") or ([old["command"]] if "command" in old else [])
-    return payload | kept | {"commands": [*earlier, payload["command"]]}
+    # Files from before part_commands: their parts are credited to their last command.
+    earlier = old.get("part_commands") or dict.fromkeys(
+        PART_KEYS, (old.get("commands") or [old.get("command", "")])[-1])
+    by_part = {k: earlier[k] for k in kept if earlier.get(k)} | fresh
+    return payload | kept | {"part_commands": by_part,
+                             "commands": list(dict.fromkeys(by_part.values()))}
 
 
 def write(payload: dict[str, Any], out: Path, with_plots: bool = True) -> list[Path]:
