@@ -35,6 +35,9 @@ def test_serving_benchmark_runs_every_part(tmp_path: Path) -> None:
     breakdown = payload["http_overhead"]
     assert [r["client"] for r in breakdown] == ["httpx", "raw"]
     assert all(r["failed"] == 0 and r["requests"] == 5 for r in breakdown)
+    floors = payload["http_floors"]
+    assert floors["samples"] == 5
+    assert 0 < floors["bare_asgi_rtt_p50_ms"] and 0 < floors["redis_round_trip_p50_ms"]
     swap = payload["swap"]
     assert swap["summary"]["failed"] == 0 and swap["stale_replies"] == 0
     assert swap["versions_published"] == 2
@@ -45,5 +48,5 @@ def test_serving_benchmark_runs_every_part(tmp_path: Path) -> None:
     assert all(r["prepare_one_more_task_s"] > 0 for r in memory)
     md = (out / "serving.md").read_text()
     assert "Hot swap under load" in md and "serving-engine.png" in md
-    assert "Where the overhead goes at concurrency 1" in md
+    assert "Where the overhead goes at concurrency 1" in md and "Floors on this host" in md
     assert (out / "serving-engine.png").stat().st_size > 0

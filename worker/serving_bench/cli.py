@@ -108,9 +108,11 @@ def main(argv: list[str] | None = None) -> int:
                 payload["http"].append(row)
                 print(f"http c={c:3d}: {row}", flush=True)
             if "http" in parts:
-                payload["http_overhead"] = asyncio.run(overhead_breakdown(
-                    service.url, task_ids, args.overhead_requests, 3))
-                print(f"http overhead at c=1: {payload['http_overhead']}", flush=True)
+                payload["http_overhead"], payload["http_floors"] = asyncio.run(
+                    overhead_breakdown(service.url, service.redis_url, task_ids,
+                                       args.overhead_requests, 3))
+                print(f"http overhead at c=1: {payload['http_overhead']}; floors: "
+                      f"{payload['http_floors']}", flush=True)
             if "swap" in parts:
                 c = 16
                 baseline = next((r for r in payload["http"] if r["concurrency"] == c), None)

@@ -25,6 +25,7 @@ from adapters_store.keys import Keys
 from adapters_store.records import BaseModelInfo
 from adapters_store.registry import Registry
 from worker.serving_bench.bank_growth import BankWriter
+from worker.serving_bench.floors import bare_server, redis_round_trip
 from worker.serving_bench.synthetic import build_bank, sentences
 
 
@@ -42,6 +43,7 @@ PREPARE_TIMEOUT_S = 30.0
 @dataclass
 class Service:
     url: str
+    redis_url: str
     registry: Registry
     writer: BankWriter
     versions: list[str] = field(default_factory=list)
@@ -79,7 +81,7 @@ def running_service(root: Path, shape: str, tasks: int, extra_tasks: int, base: 
         registry = Registry(client, Keys(env.get("ADAPTERD_KEY_PREFIX", "adapterd")))
         registry.ensure_groups()
         bank = build_bank(shape, tasks + extra_tasks, base.hidden_size, base.num_layers, seed=7)
-        service = Service(f"http://127.0.0.1:{port}", registry,
+        service = Service(f"http://127.0.0.1:{port}", server.url, registry,
                           BankWriter(bank, BlobStore(data / "blobs"), base))
         service.publish(tasks)
         deadline = time.monotonic() + 300
@@ -255,55 +257,74 @@ class RawHttp:
             await self.writer.wait_closed()
 
 
-async def overhead_breakdown(url: str, task_ids: list[str], requests: int, seed: int
-                             ) -> list[dict[str, float | int | str]]:
+async def overhead_breakdown(url: str, redis_url: str, task_ids: list[str], requests: int,
+                             seed: int) -> tuple[list[dict[str, float | int | str]],
+                                                 dict[str, float | int]]:
     """Concurrency 1, httpx and the bare client taking turns request by request (so drift hits
     both alike): a GET /healthz round trip, then predicts split by their Server-Timing into the
     queue, the forward, the reply's transit back to the API, the rest of the route, and
-    everything outside the route (client, HTTP parsing, middlewares, validation)."""
+    everything outside the route (client, HTTP parsing, middlewares, validation).
+
+    In the same loop, the floors of that path on this host: the bare client's round trip to a
+    bare ASGI app under the same HTTP server, and a Redis round trip between two processes (the
+    predict's two Redis legs with nothing of ours in between)."""
     rng = random.Random(seed)
     texts = [s.text for s in sentences(64, 45, seed)]
     raw = RawHttp(url)
     got: dict[str, dict[str, list[float]]] = {c: {} for c in ("httpx", "raw")}
+    floor_ms: dict[str, list[float]] = {"bare_asgi_rtt": [], "redis_round_trip": []}
 
     def note(client: str, key: str, value: float) -> None:
         got[client].setdefault(key, []).append(value)
 
-    async with httpx.AsyncClient(timeout=30) as http:
-        for _ in range(requests):
-            body = {"inputs": [rng.choice(texts)]}
-            path = f"/v1/tasks/{rng.choice(task_ids)}/predict"
-            for client in ("httpx", "raw"):
+    with bare_server() as bare_url:
+        bare = RawHttp(bare_url)
+        async with httpx.AsyncClient(timeout=30) as http, \
+                redis_round_trip(redis_url) as redis_rt:
+            for n in range(requests):
+                body = {"inputs": [rng.choice(texts)]}
+                path = f"/v1/tasks/{rng.choice(task_ids)}/predict"
                 started = time.perf_counter()
-                if client == "httpx":
-                    await http.get(f"{url}/healthz")
-                else:
-                    await raw.request("GET", "/healthz")
-                note(client, "healthz", time.perf_counter() - started)
-                started = time.perf_counter()
-                if client == "httpx":
-                    r = await http.post(url + path, json=body)
-                    status, timing = r.status_code, r.headers.get("server-timing")
-                else:
-                    status, headers, _ = await raw.request("POST", path,
-                                                           json.dumps(body).encode())
-                    timing = headers.get("server-timing")
-                latency = time.perf_counter() - started
-                t = _timing(timing)
-                if status != 200 or not {"queue", "compute", "transit", "api"} <= t.keys():
-                    note(client, "failed", 1)
-                    continue
-                note(client, "latency", 1000 * latency)
-                for key in ("queue", "compute", "transit"):
-                    note(client, key, t[key])
-                note(client, "route_rest", t["api"] - t["queue"] - t["compute"] - t["transit"])
-                note(client, "outside_route", 1000 * latency - t["api"])
-                note(client, "overhead", 1000 * latency - t["compute"])
+                await bare.request("GET", "/healthz")
+                floor_ms["bare_asgi_rtt"].append(1000 * (time.perf_counter() - started))
+                floor_ms["redis_round_trip"].append(1000 * await redis_rt.once(n))
+                for client in ("httpx", "raw"):
+                    started = time.perf_counter()
+                    if client == "httpx":
+                        await http.get(f"{url}/healthz")
+                    else:
+                        await raw.request("GET", "/healthz")
+                    note(client, "healthz", time.perf_counter() - started)
+                    started = time.perf_counter()
+                    if client == "httpx":
+                        r = await http.post(url + path, json=body)
+                        status, timing = r.status_code, r.headers.get("server-timing")
+                    else:
+                        status, headers, _ = await raw.request("POST", path,
+                                                               json.dumps(body).encode())
+                        timing = headers.get("server-timing")
+                    latency = time.perf_counter() - started
+                    t = _timing(timing)
+                    if status != 200 or not {"queue", "compute", "transit", "api"} <= t.keys():
+                        note(client, "failed", 1)
+                        continue
+                    note(client, "latency", 1000 * latency)
+                    for key in ("queue", "compute", "transit"):
+                        note(client, key, t[key])
+                    note(client, "route_rest",
+                         t["api"] - t["queue"] - t["compute"] - t["transit"])
+                    note(client, "outside_route", 1000 * latency - t["api"])
+                    note(client, "overhead", 1000 * latency - t["compute"])
+        await bare.close()
     await raw.close()
     med = statistics.median
-    return [{"client": c, "requests": len(v.get("latency", [])),
-             "failed": len(v.get("failed", [])),
-             "healthz_p50_ms": round(1000 * med(v["healthz"]), 2),
-             **{f"{k}_p50_ms": round(med(v[k]), 2) for k in
-                ("latency", "compute", "overhead", "queue", "transit", "route_rest",
-                 "outside_route")}} for c, v in got.items()]
+    rows: list[dict[str, float | int | str]] = [
+        {"client": c, "requests": len(v.get("latency", [])), "failed": len(v.get("failed", [])),
+         "healthz_p50_ms": round(1000 * med(v["healthz"]), 2),
+         **{f"{k}_p50_ms": round(med(v[k]), 2) for k in
+            ("latency", "compute", "overhead", "queue", "transit", "route_rest",
+             "outside_route")}} for c, v in got.items()]
+    floors: dict[str, float | int] = {"samples": requests,
+                                      **{f"{k}_p50_ms": round(med(v), 2)
+                                         for k, v in floor_ms.items()}}
+    return rows, floors

@@ -99,6 +99,20 @@ def render(payload: dict[str, Any]) -> str:
         out += ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
         out += ["| " + " | ".join(_fmt(r.get(k)) for k in keys) + " |"
                 for r in payload["http_overhead"]] + [""]
+        floors = payload.get("http_floors")
+        raw = next((r for r in payload["http_overhead"] if r["client"] == "raw"), None)
+        if floors and raw:
+            floor = floors["bare_asgi_rtt_p50_ms"] + floors["redis_round_trip_p50_ms"]
+            out += [f"Floors on this host, measured in the same loop ({floors['samples']} "
+                    "samples each): the bare client's round trip to a bare ASGI app under the "
+                    f"same HTTP server (uvicorn + httptools) took {floors['bare_asgi_rtt_p50_ms']}"
+                    " ms, and a Redis round trip between two processes (XADD, a blocked XREAD "
+                    "wakes in the other process, which XADDs back to a stream this one is "
+                    f"blocked on) {floors['redis_round_trip_p50_ms']} ms. A predict needs one of "
+                    f"each, so {floor:.2f} ms of the bare client's {raw['overhead_p50_ms']} ms "
+                    "overhead is the host's; the rest "
+                    f"({raw['overhead_p50_ms'] - floor:.2f} ms) is ours: FastAPI, middlewares, "
+                    "validation, JSON, and the worker's and API's work around the forward.", ""]
     if payload.get("swap"):
         s = payload["swap"]
         base = s["baseline"]
@@ -191,8 +205,8 @@ def plots(payload: dict[str, Any], out: Path) -> list[Path]:
     return files
 
 
-PART_KEYS = ("engine", "engine_config", "http", "http_config", "http_overhead", "swap",
-             "memory")
+PART_KEYS = ("engine", "engine_config", "http", "http_config", "http_overhead", "http_floors",
+             "swap", "memory")
 
 
 def merge(payload: dict[str, Any], path: Path) -> dict[str, Any]:
