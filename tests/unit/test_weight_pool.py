@@ -89,6 +89,27 @@ def test_pooled_segments_equal_the_modules_per_group_in_any_order(seed: int) -> 
                    for segs in routing.layers), kind
 
 
+def test_nothing_reads_a_scratch_buffer_before_writing_it() -> None:
+    """Buffers keep the previous forward's values (or garbage): poisoned with NaN between two
+    forwards, the second still equals the first (beta=0 products ignore what they overwrite)."""
+    model = tiny_model()
+    pools = WeightPools(torch.float32, CPU)
+    modules = [random_module(kind, 0, seed=s) for s, kind in
+               enumerate(["sparse", "sparse", "lora", "lora", "bottleneck"] * 2)]
+    served = [pools.adopt(m) for m in modules]
+    items = [InputItem(text=f"row {k} " + "word " * k) for k in range(len(served))]
+    batch = model.base.tokenize(items, CPU)
+    routing = SegmentRouting.from_sorted_rows([[m, None] for m in served], 2)
+    with torch.inference_mode():
+        first = model.embed(batch, routing)
+        buffers = pools.scratch._local.buffers
+        assert {"sparse_in", "sparse_out", "gather:col", "gather:A"} <= buffers.keys()
+        for buf in buffers.values():
+            buf.fill_(float("nan") if buf.is_floating_point() else 10**6)
+        again = model.embed(batch, routing)
+    torch.testing.assert_close(again, first, atol=0, rtol=0)
+
+
 def test_a_single_pooled_task_equals_its_module() -> None:
     model = tiny_model()
     pools = WeightPools(torch.float32, CPU)
