@@ -11,6 +11,7 @@ import torch
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
+from adapters_store.model_families import PARALLEL
 from adapters_store.module_config import HamConfig, SparseConfig
 from adapters_store.streams import InputItem
 from tests.factories import CPU, random_module, tiny_model
@@ -123,6 +124,25 @@ def test_a_single_pooled_task_equals_its_module() -> None:
             want = model.embed(batch, Routing.uniform(route))
             got = model.embed(batch, SegmentRouting.from_sorted_rows([pooled] * 2, 2))
         torch.testing.assert_close(got, want, atol=1e-5, rtol=0)
+
+
+def test_one_sparse_part_over_every_row_folds_into_the_base_weight() -> None:
+    pools = WeightPools(torch.float32, CPU)
+    module = random_module("sparse", 0, seed=5)
+    served = pools.adopt(module)
+    base = torch.nn.Linear(32, 32)
+    query = [("query", PARALLEL)]
+    every_row = SegmentRouting.from_sorted_rows([[served, None]] * 3, 2)
+    with torch.inference_mode():
+        merged = every_row.merged_weight(0, query, base)
+        assert merged is not None
+        torch.testing.assert_close(merged, base.weight + module.parts["query"].dense())
+        # Not when a row takes something else, at another layer, with grad, or in bf16.
+        some_rows = SegmentRouting.from_sorted_rows([[served, None], [None, None]], 2)
+        assert some_rows.merged_weight(0, query, base) is None
+        assert every_row.merged_weight(1, query, base) is None
+        assert every_row.merged_weight(0, query, base.to(torch.bfloat16)) is None
+    assert torch.is_grad_enabled() and every_row.merged_weight(0, query, base) is None
 
 
 def test_load_checks_names_and_shapes_like_the_module_would() -> None:
