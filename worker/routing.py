@@ -237,7 +237,10 @@ def _batched_sparse(group: list[Segment], part: str, x: torch.Tensor, y: torch.T
     crow = torch.empty(n * out_f + 1, dtype=torch.int32, device=y.device)
     torch.add(pool.gather("crow", slots)[:, :-1], block * kept, out=crow[:-1].view(n, out_f))
     crow[-1] = n * kept
-    col = pool.gather("col", slots).add_(block * in_f)  # the gather buffer is this call's own
+    # The pool's columns may be int16: widened by a copy, then offset (a mixed-dtype add with
+    # out= took twice as long).
+    col = pool.scratch.get("sparse_col", (n, kept), torch.int32)
+    col.copy_(pool.gather("col", slots)).add_(block * in_f)
     big = csr_matrix(crow, col.view(-1), pool.gather("val", slots).view(-1),
                      (n * out_f, n * in_f))
     length = x.shape[1]

@@ -24,7 +24,7 @@ from worker.routing import (
     route_order,
 )
 from worker.serving_bench import synthetic
-from worker.weight_pool import FIRST_CAPACITY, PooledModule, WeightPools
+from worker.weight_pool import FIRST_CAPACITY, PooledModule, WeightPools, sparse_csr_arrays
 
 
 def _ham_module(layer: int, seed: int) -> AdapterModule:
@@ -106,7 +106,7 @@ def test_nothing_reads_a_scratch_buffer_before_writing_it() -> None:
         buffers = pools.scratch._local.buffers
         assert {"sparse_in", "sparse_out", "gather:col", "gather:A"} <= buffers.keys()
         for buf in buffers.values():
-            buf.fill_(float("nan") if buf.is_floating_point() else 10**6)
+            buf.fill_(float("nan") if buf.is_floating_point() else torch.iinfo(buf.dtype).max)
         again = model.embed(batch, routing)
     torch.testing.assert_close(again, first, atol=0, rtol=0)
 
@@ -178,12 +178,20 @@ def test_sparse_load_checks_indices_and_keeps_csr_arrays() -> None:
             pools.load(0, module.config, st_save(bad))
         assert all(p.slots_in_use == 0 for p in pools.pools.values()), why
     part = pools.load(0, module.config, module.to_bytes()).parts["query"]
-    # Indices as MKL takes them, values in fp32 whatever the serving dtype.
+    # Columns of a matrix this narrow fit int16; values in fp32 whatever the serving dtype.
     assert [part.pool.tensors[k].dtype for k in ("crow", "col", "val")] == \
-        [torch.int32, torch.int32, torch.float32]
+        [torch.int32, torch.int16, torch.float32]
     torch.testing.assert_close(part.csr().to_dense(), module.parts["query"].dense())
     x = torch.randn(2, 3, 32, dtype=torch.bfloat16)
     torch.testing.assert_close(part(x), module.parts["query"](x.float()).to(torch.bfloat16))
+
+
+def test_sparse_columns_are_int16_only_where_they_fit() -> None:
+    for width, dtype in ((2**15, torch.int16), (2**15 + 1, torch.int32)):
+        index = torch.tensor([0, width - 1, width + 2], dtype=torch.int32)
+        arrays = sparse_csr_arrays(index, torch.ones(3), (2, width))
+        assert arrays["col"].dtype == dtype
+        assert arrays["col"].tolist() == [0, width - 1, 2] and arrays["crow"].tolist() == [0, 2, 3]
 
 
 def test_slots_are_reused_only_after_reclaim_and_growth_keeps_them() -> None:
