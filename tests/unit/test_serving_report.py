@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from worker.serving_bench.cli import recorded_argv
 from worker.serving_bench.report import merge
 
 
@@ -32,6 +33,15 @@ def test_partial_runs_keep_other_parts_and_only_their_live_commands(tmp_path: Pa
     assert merged["commands"] == ["all again", "mem"]  # the same command, listed once
 
 
+def test_notes_stay_with_the_commands_whose_parts_are_kept(tmp_path: Path) -> None:
+    path = tmp_path / "serving.json"
+    _write(path, {**_run("all", engine=[1], http=[1]), "notes": ["full run"]})
+    merged = _write(path, {**_run("http", http=[2]), "notes": ["http rerun"]})
+    assert merged["notes"] == ["full run", "http rerun"]
+    merged = _write(path, {**_run("all again", engine=[3], http=[3]), "notes": []})
+    assert merged["notes"] == []
+
+
 def test_another_base_model_starts_a_fresh_file(tmp_path: Path) -> None:
     path = tmp_path / "serving.json"
     _write(path, _run("all", engine=[1], http=[1]))
@@ -45,3 +55,8 @@ def test_files_from_before_part_commands_credit_their_last_command(tmp_path: Pat
                                 "engine": [1], "memory": [1]}))
     merged = _write(path, _run("mem", memory=[2]))
     assert merged["engine"] == [1] and merged["commands"] == ["b", "mem"]
+
+
+def test_recorded_commands_leave_notes_out() -> None:
+    argv = ["--reps", "3", "--note", "a note", "--parts", "http", "--note=another"]
+    assert recorded_argv(argv) == ["--reps", "3", "--parts", "http"]

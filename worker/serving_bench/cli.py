@@ -47,6 +47,20 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def recorded_argv(argv: list[str]) -> list[str]:
+    """The command line as recorded: notes are listed under it, not inside it."""
+    out: list[str] = []
+    skip = False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg == "--note":
+            skip = True
+        elif not arg.startswith("--note="):
+            out.append(arg)
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     parts = [x.strip() for x in args.parts.split(",") if x.strip()]
@@ -74,7 +88,8 @@ def main(argv: list[str] | None = None) -> int:
                         torch_threads=args.threads)
     model, device = build_model(settings)
     model.eval()
-    command = "adapterd bench serving " + shlex.join(argv if argv is not None else sys.argv[1:])
+    command = "adapterd bench serving " + shlex.join(
+        recorded_argv(argv if argv is not None else sys.argv[1:]))
     payload: dict[str, Any] = {
         "base_model": args.base_model, "hardware": hardware(device), "versions": versions(),
         "command": command, "peft_max_tasks": PEFT_MAX_TASKS, "notes": args.note,

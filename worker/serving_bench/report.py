@@ -66,12 +66,14 @@ def render(payload: dict[str, Any]) -> str:
         out += ["## Engine (in process)", "",
                 f"Batches of {e['batch_rows']} rows of ~{e['words']} words, rows assigned to "
                 f"tasks at random; median of {e['reps']} interleaved reps. Shapes: bottleneck "
-                "(48) and LoRA (r 8, q and v) at every layer per task; safm = one bottleneck at "
-                "the forced middle layer, empty elsewhere. adapterd = the worker's forward (rows "
-                "sorted by route into segments; weights in per-site pools, each row's gathered "
-                "by one index_select for batched matmuls; applied in place); per_group = the "
-                "first forward (index_select / index_add per module group, modules as "
-                "nn.Modules); peft_mixed = "
+                "(48) and LoRA (r 8, q and v) at every layer per task; sparse = 5% of q, k and v "
+                "at every layer per task; safm = one bottleneck at the forced middle layer, "
+                "empty elsewhere. adapterd = the worker's forward (rows sorted by route into "
+                "segments; weights in per-site pools, each row's gathered by one index_select "
+                "for batched matmuls, applied in place; sparse rows in one block-diagonal CSR "
+                "product per site, or folded into the base weight when every row takes the same "
+                "module); per_group = the first forward (index_select / index_add per module "
+                "group, modules as nn.Modules, sparse ones one CSR product each); peft_mixed = "
                 "peft LoRA with `adapter_names`; naive = peft `set_adapter` and one forward per "
                 f"task in the batch (LoRA only, up to {payload['peft_max_tasks']} tasks). Every "
                 "contender's embeddings equal per_group's (max abs diff in the JSON).", ""]
@@ -224,8 +226,15 @@ def merge(payload: dict[str, Any], path: Path) -> dict[str, Any]:
     earlier = old.get("part_commands") or dict.fromkeys(
         PART_KEYS, (old.get("commands") or [old.get("command", "")])[-1])
     by_part = {k: earlier[k] for k in kept if earlier.get(k)} | fresh
-    return payload | kept | {"part_commands": by_part,
-                             "commands": list(dict.fromkeys(by_part.values()))}
+    commands = list(dict.fromkeys(by_part.values()))
+    old_notes = old.get("notes_by_command") or (
+        {old["command"]: old.get("notes", [])} if "command" in old else {})
+    notes = {c: old_notes.get(c, []) for c in commands} | {
+        payload["command"]: list(payload.get("notes", []))}
+    notes = {c: n for c, n in notes.items() if n}
+    return payload | kept | {"part_commands": by_part, "commands": commands,
+                             "notes_by_command": notes,
+                             "notes": [n for c in commands for n in notes.get(c, [])]}
 
 
 def write(payload: dict[str, Any], out: Path, with_plots: bool = True) -> list[Path]:
