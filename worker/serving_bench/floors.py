@@ -16,6 +16,8 @@ from typing import Any
 import redis
 import redis.asyncio as aioredis
 
+from worker.serving_bench.processes import free_port, stop
+
 # The echo process gives up after this long without a ping, so a benchmark that dies never
 # leaves it running.
 ECHO_IDLE_EXIT_S = 30.0
@@ -34,16 +36,10 @@ async def bare_app(scope: dict[str, Any], receive: Any, send: Any) -> None:  # n
     await send({"type": "http.response.body", "body": _BODY})
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @contextmanager
 def bare_server() -> Iterator[str]:
     """``bare_app`` under uvicorn with httptools, as the API runs; yields its URL."""
-    port = _free_port()
+    port = free_port()
     proc = subprocess.Popen(
         [sys.executable, "-m", "uvicorn", "worker.serving_bench.floors:bare_app", "--http",
          "httptools", "--port", str(port), "--log-level", "warning", "--no-access-log"],
@@ -59,11 +55,7 @@ def bare_server() -> Iterator[str]:
             time.sleep(0.1)
         yield f"http://127.0.0.1:{port}"
     finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        stop(proc, 10)
 
 
 def echo(url: str, ping: str, pong: str) -> None:
@@ -119,10 +111,7 @@ async def redis_round_trip(url: str) -> AsyncIterator[RedisRoundTrip]:
     finally:
         with contextlib.suppress(redis.RedisError):
             await client.xadd(ping, {"n": STOP})
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        stop(proc, 10)  # it exits on STOP; a hung one is stopped
         with contextlib.suppress(redis.RedisError):
             await client.delete(ping, pong)
         await client.aclose()

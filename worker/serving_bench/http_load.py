@@ -26,16 +26,8 @@ from adapters_store.records import BaseModelInfo
 from adapters_store.registry import Registry
 from worker.serving_bench.bank_growth import BankWriter
 from worker.serving_bench.floors import bare_server, redis_round_trip
+from worker.serving_bench.processes import free_port, stop
 from worker.serving_bench.synthetic import build_bank, sentences
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 PREPARE_TIMEOUT_S = 30.0
 
@@ -68,7 +60,7 @@ def running_service(root: Path, shape: str, tasks: int, extra_tasks: int, base: 
     """Our own Redis, `adapterd serve --no-trainer` against it, and a synthetic bank of
     ``tasks`` live (plus ``extra_tasks`` more to publish later)."""
     server = RedisServer(root / "redis").start()
-    port = _free_port()
+    port = free_port()
     data = root / "data"
     log = open(root / "serve.log", "wb")  # noqa: SIM115 - closed below
     cmd = [sys.executable, "-c", "import sys; from adapterd.cli import main; sys.exit(main())",
@@ -96,11 +88,7 @@ def running_service(root: Path, shape: str, tasks: int, extra_tasks: int, base: 
             time.sleep(0.5)
         yield service
     finally:
-        proc.terminate()
-        try:
-            proc.wait(60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        stop(proc, 60)
         log.close()
         client.close()
         server.stop()
