@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -25,6 +26,7 @@ from service.routes import adapters, health, jobs, merges, models, tasks
 from service.routes.page import install_page
 
 logger = logging.getLogger(__name__)
+CLOSE_TIMEOUT_S = 2.0
 
 
 @asynccontextmanager
@@ -51,7 +53,12 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         if getattr(app.state, "live", None) is not None:
             await app.state.live.stop()
         await inference.stop()
-        await aclient.aclose()
+        try:
+            async with asyncio.timeout(CLOSE_TIMEOUT_S):
+                await aclient.aclose()
+        except TimeoutError:  # closing sockets must not keep the process from exiting
+            logger.warning("api %s: closing redis connections took over %.0fs; leaving them",
+                           inference.api_id, CLOSE_TIMEOUT_S)
         client.close()
         logger.info("api %s stopped", inference.api_id)
 

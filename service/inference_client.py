@@ -22,6 +22,7 @@ from adapters_store.errors import (
 from adapters_store.keys import Keys
 from adapters_store.settings import Settings
 from adapters_store.streams import FIELD, InferenceReply, InferenceRequest, InputItem
+from service.background import stop_task
 from service.errors import UpstreamError
 
 logger = logging.getLogger(__name__)
@@ -38,6 +39,7 @@ READ_COUNT = 256
 # Read replies are trimmed at most this often (one round trip per interval, not one per batch:
 # at concurrency 1 that was one of the few round trips each request paid).
 FORGET_EVERY_S = 0.5
+STOP_REDIS_TIMEOUT_S = 2.0
 
 
 # XADD unless the stream already holds ARGV[1] entries: returns -1 when queued, else the depth.
@@ -79,15 +81,15 @@ class InferenceClient:
 
     async def stop(self) -> None:
         if self._reader is not None:
-            self._reader.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._reader
+            await stop_task(self._reader)
             self._reader = None
         for future in self._pending.values():
             future.cancel()
         self._pending.clear()
-        with contextlib.suppress(redis.RedisError):
-            await self.r.delete(self.reply_stream)
+        # Bounded: a shutdown must not wait on a Redis that stopped answering.
+        with contextlib.suppress(redis.RedisError, TimeoutError):
+            async with asyncio.timeout(STOP_REDIS_TIMEOUT_S):
+                await self.r.delete(self.reply_stream)
 
     async def predict(self, task_id: str, inputs: list[InputItem], version: str | None = None,
                       http_request_id: str | None = None) -> InferenceReply:

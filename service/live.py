@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import logging
 import time
@@ -15,6 +14,7 @@ import redis.asyncio as aioredis
 from adapters_store.collector import collector_held
 from adapters_store.records import BankManifest
 from adapters_store.registry import Registry, as_text
+from service.background import stop_task
 
 MANIFEST_CACHE_SIZE = 8
 WORKER_CACHE_S = 1.0
@@ -55,9 +55,7 @@ class LiveView:
 
     async def stop(self) -> None:
         if self._watcher is not None:
-            self._watcher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._watcher
+            await stop_task(self._watcher)
             self._watcher = None
 
     async def _watch_staged(self) -> None:
