@@ -144,22 +144,16 @@ class SparseDelta(nn.Module):
         # A normal tensor even when first built under inference_mode, so a later forward with
         # autograd on (evaluation inside training) can use the same cache.
         with torch.inference_mode(False), torch.no_grad():
-            index = self.indices.long()
-            coo = torch.sparse_coo_tensor(
-                torch.stack([index // self.shape[1], index % self.shape[1]]), values,
-                self.shape, check_invariants=False, is_coalesced=True)
-            with warnings.catch_warnings():  # "CSR support is in beta": measured and tested
-                warnings.simplefilter("ignore", UserWarning)
-                return coo.to_sparse_csr()
+            arrays = sparse_csr_arrays(self.indices, values, self.shape)
+            return csr_matrix(arrays["crow"], arrays["col"].to(torch.int32), arrays["val"],
+                              self.shape)
 
     def _apply(self, fn, recurse=True):  # noqa: ANN001, ANN202 - nn.Module's signature
         self._csr = None  # rebuilt on the new device at the next forward
         return super()._apply(fn, recurse)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        flat = x.reshape(-1, x.shape[-1]).to(torch.float32)
-        out = torch.sparse.mm(self.csr(), flat.t()).t()
-        return out.reshape(*x.shape[:-1], self.shape[0]).to(x.dtype)
+        return csr_product(self.csr(), x)
 
     def compact(self) -> tuple[torch.Tensor, torch.Tensor]:
         return self.indices.cpu(), self.values.detach().to("cpu", torch.float32)
@@ -167,6 +161,37 @@ class SparseDelta(nn.Module):
     def dense(self) -> torch.Tensor:
         flat = torch.zeros(self.shape[0] * self.shape[1], device=self.values.device)
         return flat.index_put_((self.indices.long(),), self.values.float()).view(self.shape)
+
+
+def sparse_csr_arrays(indices: torch.Tensor, values: torch.Tensor, shape: tuple[int, int]
+                      ) -> dict[str, torch.Tensor]:
+    """A stored sparse part (ascending flat indices into ``shape``, values) as CSR's arrays:
+    int32 row pointers, columns in int16 where the matrix is at most 32,768 wide (the caller
+    widens them to int32 for a product), fp32 values."""
+    index = indices.long()
+    per_row = torch.bincount(index // shape[1], minlength=shape[0])
+    crow = torch.zeros(shape[0] + 1, dtype=torch.int32, device=index.device)
+    crow[1:] = per_row.cumsum(0)
+    col_dtype = torch.int16 if shape[1] <= torch.iinfo(torch.int16).max + 1 else torch.int32
+    return {"crow": crow, "col": (index % shape[1]).to(col_dtype),
+            "val": values.to(torch.float32)}
+
+
+def csr_matrix(crow: torch.Tensor, col: torch.Tensor, values: torch.Tensor,
+               shape: tuple[int, int]) -> torch.Tensor:
+    """A CSR matrix over arrays built here (checked indices, ascending): no re-check. int32
+    indices, as MKL takes them (int64 ones it converts on every call: measured on 2 CPU cores,
+    50 tokens of MiniLM at 5% kept, 574 µs against 143)."""
+    with warnings.catch_warnings():  # "CSR support is in beta": measured and tested
+        warnings.simplefilter("ignore", UserWarning)
+        return torch.sparse_csr_tensor(crow, col, values, shape, check_invariants=False)
+
+
+def csr_product(csr: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """ΔW·x for every token of ``x``, in fp32 (as mttl applies it) whatever x's dtype."""
+    flat = x.reshape(-1, x.shape[-1]).to(torch.float32)
+    out = torch.sparse.mm(csr, flat.t().contiguous()).t()
+    return out.reshape(*x.shape[:-1], csr.shape[0]).to(x.dtype)
 
 
 class AdapterModule(nn.Module):

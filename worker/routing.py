@@ -203,9 +203,7 @@ def _batched(group: list[Segment], part: str, x: torch.Tensor, y: torch.Tensor) 
     gathers its own weights from the pool), instead of two small matmuls per segment."""
     first = group[0].module.parts[part]
     pool = first.pool
-    slots = _to(torch.tensor([seg.module.parts[part].slot for seg in group
-                              for _ in range(seg.end - seg.start)]), y.device)
-    rows = _RowSpan(group, y.device)
+    slots, rows = _row_slots(group, part, y.device), _RowSpan(group, y.device)
     if isinstance(first, PooledLora):  # the scale goes on the rank-r product, the expand into y
         shrunk = torch.bmm(rows.read(x), pool.gather("A", slots).transpose(1, 2))
         shrunk *= pool.gather("scale", slots)[:, None, None]
@@ -229,9 +227,7 @@ def _batched_sparse(group: list[Segment], part: str, x: torch.Tensor, y: torch.T
     against 4.9-5.3 for one product over all 1,600 columns."""
     first = group[0].module.parts[part]
     pool, (out_f, in_f) = first.pool, first.shape
-    slots = _to(torch.tensor([seg.module.parts[part].slot for seg in group
-                              for _ in range(seg.end - seg.start)]), y.device)
-    rows = _RowSpan(group, y.device)
+    slots, rows = _row_slots(group, part, y.device), _RowSpan(group, y.device)
     n, kept = slots.numel(), pool.specs["col"][0][0]
     block = torch.arange(n, device=y.device, dtype=torch.int32)[:, None]
     crow = torch.empty(n * out_f + 1, dtype=torch.int32, device=y.device)
@@ -251,6 +247,12 @@ def _batched_sparse(group: list[Segment], part: str, x: torch.Tensor, y: torch.T
     delta = pool.scratch.get("sparse_out", (n * out_f, length), torch.float32)
     torch.addmm(delta, big, stacked.view(n * in_f, length), beta=0, out=delta)
     rows.add_(y, delta.view(n, out_f, length).transpose(1, 2).to(y.dtype))
+
+
+def _row_slots(group: list[Segment], part: str, device: torch.device) -> torch.Tensor:
+    """Each row's slot in the group's pool, in row order."""
+    return _to(torch.tensor([seg.module.parts[part].slot for seg in group
+                             for _ in range(seg.end - seg.start)]), device)
 
 
 def _to(t: torch.Tensor, device: torch.device) -> torch.Tensor:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import math
 import threading
-import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -20,7 +19,14 @@ from adapters_store.module_config import (
     SparseConfig,
     config_kind,
 )
-from worker.modules import SPARSE_INDICES, SPARSE_VALUES, AdapterModule
+from worker.modules import (
+    SPARSE_INDICES,
+    SPARSE_VALUES,
+    AdapterModule,
+    csr_matrix,
+    csr_product,
+    sparse_csr_arrays,
+)
 
 # Why pools (S-LoRA's unified pool, at the granularity of one site): a batch of rows of many
 # tasks gathers its rows' weights with one index_select per tensor instead of stacking one
@@ -168,12 +174,11 @@ class PooledBottleneck(_PoolSlot):
 
 
 class PooledSparse(_PoolSlot):
-    """A sparse ΔW served from its pool as CSR: y += ΔW·x, in fp32 (as mttl applies it) whatever
-    the serving dtype. The pool keeps CSR's own arrays: row pointers int32, columns int16 where
-    the matrix is at most 32,767 wide (widened to int32 per product, which is what MKL takes as it
-    is: with int64 indices it converts them on every call, measured on 2 CPU cores, 50 tokens of
-    MiniLM at 5% kept: 574 µs against 143), values fp32. A loaded part is 6 bytes per kept entry
-    (1,000 tasks at 5% of q, k, v: 760 MiB) instead of the 28 of a SparseDelta with its cache."""
+    """A sparse ΔW served from its pool as CSR: y += ΔW·x, in fp32 whatever the serving dtype.
+    The pool keeps CSR's own arrays (``sparse_csr_arrays``): int32 row pointers, int16 columns
+    where they fit, fp32 values. A loaded part is 6 bytes per kept entry (1,000 tasks at 5% of
+    q, k, v: 760 MiB) instead of the 28 of a SparseDelta with its cache. The routing runs every
+    segment of a sparse pool in one product (``routing._batched_sparse``)."""
 
     __slots__ = ("shape",)
 
@@ -187,32 +192,7 @@ class PooledSparse(_PoolSlot):
                           t["val"][self.slot], self.shape)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        flat = x.reshape(-1, x.shape[-1]).to(torch.float32)
-        out = torch.sparse.mm(self.csr(), flat.t().contiguous()).t()
-        return out.reshape(*x.shape[:-1], self.shape[0]).to(x.dtype)
-
-    def apply_(self, x: torch.Tensor, y: torch.Tensor) -> None:
-        y += self(x)
-
-
-def csr_matrix(crow: torch.Tensor, col: torch.Tensor, values: torch.Tensor,
-               shape: tuple[int, int]) -> torch.Tensor:
-    # Built from arrays this module wrote itself (checked indices, ascending): no re-check.
-    with warnings.catch_warnings():  # "CSR support is in beta": measured and tested
-        warnings.simplefilter("ignore", UserWarning)
-        return torch.sparse_csr_tensor(crow, col, values, shape, check_invariants=False)
-
-
-def sparse_csr_arrays(indices: torch.Tensor, values: torch.Tensor, shape: tuple[int, int]
-                      ) -> dict[str, torch.Tensor]:
-    """A stored sparse part (ascending flat indices into ``shape``, values) as CSR arrays."""
-    index = indices.long()
-    per_row = torch.bincount(index // shape[1], minlength=shape[0])
-    crow = torch.zeros(shape[0] + 1, dtype=torch.int32)
-    crow[1:] = per_row.cumsum(0)
-    col_dtype = torch.int16 if shape[1] <= torch.iinfo(torch.int16).max + 1 else torch.int32
-    return {"crow": crow, "col": (index % shape[1]).to(col_dtype),
-            "val": values.to(torch.float32)}
+        return csr_product(self.csr(), x)
 
 
 PooledPart = PooledLora | PooledBottleneck | PooledSparse

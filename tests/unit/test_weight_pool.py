@@ -15,7 +15,7 @@ from adapters_store.model_families import PARALLEL
 from adapters_store.module_config import HamConfig, SparseConfig
 from adapters_store.streams import InputItem
 from tests.factories import CPU, random_module, tiny_model
-from worker.modules import AdapterModule
+from worker.modules import AdapterModule, sparse_csr_arrays
 from worker.routing import (
     BOTTLENECK_BATCH_MIN_SEGMENTS,
     LORA_BATCH_MIN_SEGMENTS,
@@ -24,7 +24,7 @@ from worker.routing import (
     route_order,
 )
 from worker.serving_bench import synthetic
-from worker.weight_pool import FIRST_CAPACITY, PooledModule, WeightPools, sparse_csr_arrays
+from worker.weight_pool import FIRST_CAPACITY, PooledModule, WeightPools
 
 
 def _ham_module(layer: int, seed: int) -> AdapterModule:
