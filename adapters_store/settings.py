@@ -66,6 +66,10 @@ class Settings(BaseSettings):
     base_model: str = "all-MiniLM-L6-v2"
     device: Literal["auto", "cpu", "cuda"] = "auto"
     torch_threads: int = Field(0, ge=0)
+    # Freed host memory a torch process keeps mapped for its next forward (glibc); 0: return it
+    # to the kernel at once (glibc's default), which re-faults every page of the next forward's
+    # activations (worker/host_memory.py).
+    malloc_keep_mb: int = Field(512, ge=0, le=1_048_576)
     max_length: int = Field(128, ge=8, le=4096)
 
     # Inference worker

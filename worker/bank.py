@@ -13,6 +13,7 @@ from torch import nn
 
 from adapters_store.blobstore import Blobs
 from adapters_store.records import PAUSE_EVERY, BankManifest, InputKind
+from worker.host_memory import return_freed_memory
 from worker.modules import AdapterModule, head_from_bytes
 from worker.weight_pool import PooledModule, ServedModule, WeightPools, poolable
 
@@ -135,6 +136,8 @@ class LoadedBank:
         for version in evictable[:max(0, len(self.versions) - self.keep)]:
             del self.versions[version]
         self._unload_unused()
+        if new_modules or new_heads:
+            return_freed_memory()  # the load's buffers, not kept for the forwards
         log.info("bank %s loaded: %d new modules, %d new heads, %d modules resident",
                  manifest.version, len(new_modules), len(new_heads), len(self.modules))
         return loaded

@@ -18,6 +18,7 @@ from adapters_store.redis_client import sync_client
 from adapters_store.registry import Registry
 from adapters_store.settings import Settings
 from worker.base_model import load_base
+from worker.host_memory import keep_freed_memory
 from worker.routed_model import RoutedEncoder
 
 STARTUP_WAIT_S = 300.0
@@ -71,6 +72,7 @@ def connect(settings: Settings) -> tuple[redis.Redis, Registry, Blobs]:
 def build_model(settings: Settings) -> tuple[RoutedEncoder, torch.device]:
     if settings.torch_threads:
         torch.set_num_threads(settings.torch_threads)
+    keep_freed_memory(settings.malloc_keep_mb)
     device = pick_device(settings.device)
     base = load_base(settings.base_model, device, settings.max_length)
     return RoutedEncoder(base).to(device), device

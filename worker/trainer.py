@@ -17,6 +17,7 @@ from adapters_store.records import FINISHED_JOB_STATES, JobProgress, JobRecord
 from adapters_store.settings import Settings
 from adapters_store.streams import Heartbeat, TrainJobMessage
 from worker.bank import LoadedBank
+from worker.host_memory import return_freed_memory
 from worker.import_job import run_import_job
 from worker.merge_job import run_merge_job
 from worker.progress import Progress
@@ -187,6 +188,7 @@ class Trainer(StreamWorker):
             job.state, job.error = "failed", f"{type(exc).__name__}: {exc}"
         job.finished_at = time.time()
         self.registry.save_job(job)
+        return_freed_memory()  # an idle trainer should not sit on the last job's working set
         return job
 
 

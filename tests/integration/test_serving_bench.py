@@ -42,11 +42,15 @@ def test_serving_benchmark_runs_every_part(tmp_path: Path) -> None:
     assert swap["summary"]["failed"] == 0 and swap["stale_replies"] == 0
     assert swap["versions_published"] == 2
     assert swap["prepare_s"]["max"] is not None  # every publish was staged and prepared
+    heap = payload["heap"]  # the bare forward under both heap policies, stepped in turn
+    assert heap["reps"] == 2 and heap["glibc_default"]["median_ms"] > 0
+    assert heap["kept"]["median_ms"] > 0 and heap["speedup"] > 0
     memory = payload["memory"]
     assert [(r["tasks"], r["dtype"]) for r in memory] == [
         (1, "float32"), (4, "float32"), (1, "bfloat16"), (4, "bfloat16")]
     assert all(r["prepare_one_more_task_s"] > 0 for r in memory)
     md = (out / "serving.md").read_text()
     assert "Hot swap under load" in md and "serving-engine.png" in md
+    assert "Host heap (the bare forward)" in md
     assert "Where the overhead goes at concurrency 1" in md and "Floors on this host" in md
     assert (out / "serving-engine.png").stat().st_size > 0

@@ -98,15 +98,17 @@ def _step_times(step: Callable[[], object], while_alive: threading.Thread | None
 
 
 def _measure(blobs: Path, manifest: Path, grown: Path, base_name: str, device: str,
-             dtype_name: str) -> dict:
+             dtype_name: str, malloc_keep_mb: int) -> dict:
     """In a fresh process: RSS after loading the base, after loading ``manifest`` (cold load),
     then ``grown`` (one more task) prepared as the inference worker's prefetch thread does it
     (parse + load of the new modules) while this thread keeps running one-row forwards: how
     long the prepare takes and the longest forward meanwhile, against the longest without."""
     from worker.base_model import load_base
+    from worker.host_memory import keep_freed_memory
     from worker.routed_model import RoutedEncoder
     from worker.serving_bench.synthetic import sentences
 
+    keep_freed_memory(malloc_keep_mb)  # as the inference worker does: its heap is measured
     dev, dtype = torch.device(device), getattr(torch, dtype_name)
     model = RoutedEncoder(load_base(base_name, dev, 128)).eval().to(dtype)
     batch = model.base.tokenize(sentences(1, 20, 0), dev)
@@ -152,7 +154,8 @@ def _measure(blobs: Path, manifest: Path, grown: Path, base_name: str, device: s
 
 
 def growth(shape: str, checkpoints: list[int], base: BaseModelInfo, root: Path,
-           device: torch.device, dtype: str = "float32") -> list[dict[str, float | int | str]]:
+           device: torch.device, dtype: str = "float32", malloc_keep_mb: int = 0
+           ) -> list[dict[str, float | int | str]]:
     """Versions of 1 … max tasks; for each checkpoint a fresh process loads the base, syncs that
     version (resident memory over the base, cold load time), then the version with one more
     task (the swap time), as an inference worker would."""
@@ -166,7 +169,8 @@ def growth(shape: str, checkpoints: list[int], base: BaseModelInfo, root: Path,
         paths = [root / f"{shape}-{n}.json", root / f"{shape}-{n}-grown.json"]
         for path, m in zip(paths, (manifest, grown), strict=True):
             path.write_text(m.model_dump_json())
-        args = [str(root / shape), *map(str, paths), base.name, str(device), dtype]
+        args = [str(root / shape), *map(str, paths), base.name, str(device), dtype,
+                str(malloc_keep_mb)]
         done = subprocess.run([sys.executable, "-m", "worker.serving_bench.bank_growth", *args],
                               capture_output=True, text=True, check=True,
                               env=os.environ | {"HF_HUB_OFFLINE": "1"})
@@ -178,6 +182,6 @@ def growth(shape: str, checkpoints: list[int], base: BaseModelInfo, root: Path,
 
 
 if __name__ == "__main__":
-    blobs_dir, manifest_path, grown_path, base_name, device_name, dtype_arg = sys.argv[1:7]
+    blobs_dir, manifest_path, grown_path, base_name, device_name, dtype_arg, keep = sys.argv[1:8]
     sys.stdout.write(json.dumps(_measure(Path(blobs_dir), Path(manifest_path), Path(grown_path),
-                                         base_name, device_name, dtype_arg)) + "\n")
+                                         base_name, device_name, dtype_arg, int(keep))) + "\n")

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[2]
-PARTS = ("engine", "http", "swap", "memory")
+PARTS = ("engine", "heap", "http", "swap", "memory")
 
 
 def _ints(text: str) -> list[int]:
@@ -75,6 +75,7 @@ def main(argv: list[str] | None = None) -> int:
     from worker.runtime import build_model
     from worker.serving_bench.bank_growth import growth
     from worker.serving_bench.engine import PEFT_MAX_TASKS, EngineCase, run_case
+    from worker.serving_bench.host_heap import compare
     from worker.serving_bench.http_load import (
         closed_loop,
         hot_swap,
@@ -106,6 +107,11 @@ def main(argv: list[str] | None = None) -> int:
                 payload["engine"].append(row)
                 print(f"engine {shape:10s} {tasks:5d} tasks: " + "  ".join(
                     f"{k} {v:.3f}" for k, v in row["ratio_to_bare"].items()), flush=True)
+    # On a GPU the forward's activations are not on the host heap.
+    if "heap" in parts and device.type == "cpu":
+        payload["heap"] = compare(args.base_model, args.threads, args.batch_rows, args.words,
+                                  args.reps, settings.malloc_keep_mb)
+        print(f"host heap: {payload['heap']}", flush=True)
     info = model.base.info
     env = {"ADAPTERD_DEVICE": args.device, "ADAPTERD_TORCH_THREADS": str(args.threads)}
     if "http" in parts or "swap" in parts:
@@ -146,7 +152,7 @@ def main(argv: list[str] | None = None) -> int:
             for spec in args.memory_shapes.split(","):
                 shape, _, dtype = spec.partition("@")
                 rows = growth(shape, _ints(args.memory_tasks), info, Path(tmp), device,
-                              dtype or "float32")
+                              dtype or "float32", settings.malloc_keep_mb)
                 payload["memory"] += rows
                 for r in rows:
                     print(f"memory {r}", flush=True)

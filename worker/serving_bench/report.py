@@ -78,6 +78,22 @@ def render(payload: dict[str, Any]) -> str:
                 f"task in the batch (LoRA only, up to {payload['peft_max_tasks']} tasks). Every "
                 "contender's embeddings equal per_group's (max abs diff in the JSON).", ""]
         out += engine_table(payload["engine"]) + [""]
+    if payload.get("heap"):
+        h = payload["heap"]
+        glibc, kept = h["glibc_default"], h["kept"]
+        out += ["## Host heap (the bare forward)", "",
+                f"The bare base forward on {h['rows']} rows of ~{h['words']} words in two "
+                "processes stepped in turn, one forward each, median of "
+                f"{h['reps']}: glibc's default heap returns a forward's freed activations to the "
+                "kernel, so the next forward page-faults them in again; the torch processes "
+                f"keep up to {h['keep_mb']} MiB of freed heap (`ADAPTERD_MALLOC_KEEP_MB`, "
+                "worker/host_memory.py). Every ratio above is over the bare forward under the "
+                "workers' policy.", "",
+                "| heap | median ms | page faults per forward |", "|---|---|---|",
+                f"| glibc default | {glibc['median_ms']} | {_fmt(glibc['faults_per_forward'])} |",
+                f"| kept (applied: {h['applied']}) | {kept['median_ms']} | "
+                f"{_fmt(kept['faults_per_forward'])} |", "",
+                f"The kept heap's forward is **{h['speedup']}×** as fast.", ""]
     if payload.get("http"):
         h = payload["http_config"]
         out += ["## End to end over HTTP", "",
@@ -207,8 +223,8 @@ def plots(payload: dict[str, Any], out: Path) -> list[Path]:
     return files
 
 
-PART_KEYS = ("engine", "engine_config", "http", "http_config", "http_overhead", "http_floors",
-             "swap", "memory")
+PART_KEYS = ("engine", "engine_config", "heap", "http", "http_config", "http_overhead",
+             "http_floors", "swap", "memory")
 
 
 def merge(payload: dict[str, Any], path: Path) -> dict[str, Any]:
