@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ctypes
 import logging
+from collections.abc import Callable
 
 logger = logging.getLogger(__name__)
 
@@ -29,9 +30,8 @@ def keep_freed_memory(keep_mb: int) -> bool:
     """
     if keep_mb <= 0:
         return False
-    try:
-        mallopt = ctypes.CDLL(None).mallopt
-    except (OSError, AttributeError):
+    mallopt = _libc_function("mallopt")
+    if mallopt is None:
         logger.info("host heap: no mallopt in this C library; freed memory goes back as usual")
         return False
     keep = keep_mb * 1024 * 1024
@@ -54,8 +54,14 @@ def return_freed_memory() -> None:
     tasks in bf16: 1,040 MiB over the base; trimmed, 887). The next forward faults its own
     working set in once and keeps it again.
     """
+    trim = _libc_function("malloc_trim")
+    if trim is not None:
+        trim(0)
+
+
+def _libc_function(name: str) -> Callable[..., int] | None:
+    """``name`` from the process's own C library, or None where it has none."""
     try:
-        trim = ctypes.CDLL(None).malloc_trim
+        return getattr(ctypes.CDLL(None), name)
     except (OSError, AttributeError):
-        return
-    trim(0)
+        return None

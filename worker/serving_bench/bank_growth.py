@@ -154,11 +154,12 @@ def _measure(blobs: Path, manifest: Path, grown: Path, base_name: str, device: s
 
 
 def growth(shape: str, checkpoints: list[int], base: BaseModelInfo, root: Path,
-           device: torch.device, dtype: str = "float32", malloc_keep_mb: int = 0
+           device: torch.device, dtype: str = "float32", *, malloc_keep_mb: int
            ) -> list[dict[str, float | int | str]]:
     """Versions of 1 … max tasks; for each checkpoint a fresh process loads the base, syncs that
     version (resident memory over the base, cold load time), then the version with one more
-    task (the swap time), as an inference worker would."""
+    task (the swap time), as an inference worker would, under its heap policy
+    (``malloc_keep_mb``)."""
     bank = build_bank(shape, max(checkpoints) + 1, base.hidden_size, base.num_layers,
                       seed=int(hashlib.sha256(shape.encode()).hexdigest()[:6], 16))
     writer = BankWriter(bank, BlobStore(root / shape), base)

@@ -152,7 +152,7 @@ def main(argv: list[str] | None = None) -> int:
             for spec in args.memory_shapes.split(","):
                 shape, _, dtype = spec.partition("@")
                 rows = growth(shape, _ints(args.memory_tasks), info, Path(tmp), device,
-                              dtype or "float32", settings.malloc_keep_mb)
+                              dtype or "float32", malloc_keep_mb=settings.malloc_keep_mb)
                 payload["memory"] += rows
                 for r in rows:
                     print(f"memory {r}", flush=True)
